@@ -1,0 +1,130 @@
+"""Training sanity on real FER2013 images: it learns, it resumes exactly, it reports correctly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.labels import LABELS
+from runtime.preprocess import preprocess
+from trainer import checkpoint, data
+from trainer.config import load_config
+from trainer.metrics import confusion_matrix, summarize
+from trainer.train import predict_with_tta, run
+
+FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
+
+
+@pytest.fixture(scope="module")
+def small_fer(tmp_path_factory) -> Path:
+    """A real FER2013 subset in the folder layout: 301 training and 70 PublicTest images."""
+    root = tmp_path_factory.mktemp("fer_small")
+    with zipfile.ZipFile(FER_ZIP) as zf:
+        names = zf.namelist()
+        for top, per_class in (("train", 43), ("test", 10)):
+            for label in LABELS:
+                for n in sorted(x for x in names if x.startswith(f"{top}/{label}/"))[:per_class]:
+                    (root / n).parent.mkdir(parents=True, exist_ok=True)
+                    (root / n).write_bytes(zf.read(n))
+    return root
+
+
+def quick_config(data_dir: Path, out: Path, *overrides: str, **flags):
+    base = ["model.width=16", "batch_size=32", "warmup_epochs=1", "threads=2"]
+    return load_config(None, [*base, *overrides], data=str(data_dir), out=str(out), **flags)
+
+
+def test_small_real_subset_overfits_within_a_minute(small_fer, tmp_path):
+    cfg = quick_config(
+        small_fer, tmp_path / "run", "augment.enabled=false", "model.dropout=0", "ema_decay=0",
+        "label_smoothing=0", "lr=0.05", "tta_flip=false", epochs=25,
+    )
+    t0 = time.monotonic()
+    run(cfg)
+    elapsed = time.monotonic() - t0
+    ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
+    model, spec = checkpoint.build(ckpt)
+    train = data.load(small_fer).split("Training")
+    acc = (predict_with_tta(model, preprocess(train.images, spec, already_blurred=True), False).argmax(1) == train.labels).mean()
+    assert acc > 0.9, f"train accuracy {acc:.3f} after overfitting"
+    assert elapsed < 60, f"overfitting 301 images took {elapsed:.0f}s"
+
+
+def test_resumed_run_continues_with_the_same_state(small_fer, tmp_path):
+    straight = tmp_path / "straight"
+    run(quick_config(small_fer, straight, epochs=3))
+    split = tmp_path / "split"
+    run(quick_config(small_fer, split, epochs=3), stop_after=2)
+    assert checkpoint.load(split / "last.pt")["epoch"] == 2
+    run(quick_config(small_fer, split, epochs=3), resume=True)
+    a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(split / "last.pt")
+    assert b["epoch"] == 3 and [h["epoch"] for h in b["history"]] == [1, 2, 3]
+    for key in a["train_model"]:
+        assert torch.allclose(a["train_model"][key].float(), b["train_model"][key].float(), atol=1e-5), key
+    assert (split / "log.csv").read_text().count("\n") == 4  # header + 3 epochs
+
+
+def test_checkpoint_describes_itself(small_fer, tmp_path):
+    run(quick_config(small_fer, tmp_path / "r", epochs=1))
+    ckpt = checkpoint.load(tmp_path / "r" / "best.pt")
+    assert ckpt["labels"] == list(LABELS)
+    assert ckpt["preprocess"]["crop"] == 44 and ckpt["arch"] == "vgg"
+    assert ckpt["config"]["model"]["width"] == 16
+    assert len(ckpt["data_fingerprint"]) == 64
+    assert (tmp_path / "r" / "config.yaml").read_text().count("width: 16") == 1
+
+
+def test_metrics_match_a_hand_computed_confusion_matrix():
+    # true angry x3, happy x2, sad x1; predictions: angry right twice, one angry->happy,
+    # happy right twice, sad->angry.
+    labels = np.array([0, 0, 0, 3, 3, 4])
+    preds = np.array([0, 0, 3, 3, 3, 0])
+    cm = confusion_matrix(labels, preds)
+    assert cm[0, 0] == 2 and cm[0, 3] == 1 and cm[3, 3] == 2 and cm[4, 0] == 1 and cm.sum() == 6
+    m = summarize(cm)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_recall"]["angry"] == pytest.approx(2 / 3)
+    assert m["per_class_recall"]["happy"] == 1.0 and m["per_class_recall"]["sad"] == 0.0
+    assert m["per_class_recall"]["fear"] is None  # absent classes do not count
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # F1: angry P=2/3 R=2/3 -> 2/3; happy P=2/3 R=1 -> 0.8; sad 0
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+
+
+def test_evaluate_command_writes_json_and_plot(small_fer, tmp_path):
+    run(quick_config(small_fer, tmp_path / "r", epochs=1))
+    out_json, out_png = tmp_path / "eval.json", tmp_path / "cm.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", "--model", str(tmp_path / "r" / "best.pt"), "--data", str(small_fer),
+         "--json", str(out_json), "--plot", str(out_png)],
+        capture_output=True, text=True, check=True,
+    )
+    result = json.loads(out_json.read_text())
+    assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "confusion", "n"} <= result.keys()
+    assert result["n"] == 70 and result["split"] == "PublicTest"
+    assert f"{result['accuracy']:.4f}" in proc.stdout
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "/nonexistent/fer.zip"], "error: dataset not found"),
+        (["--set", "epochs=many"], "error: config key epochs"),
+        (["--set", "optimiser=sgd"], "error: config key optimiser"),
+        (["--set", "model.width=0"], "error: config key model.width"),
+        (["--resume", "--out", "/tmp/emotiond-no-such-run"], "error: checkpoint not found"),
+    ],
+)
+def test_trainer_cli_refuses_bad_input_in_one_line(args, message):
+    proc = subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr

@@ -1,0 +1,59 @@
+"""Batched augmentation in torch, on standardized (N, 1, size, size) faces -> (N, 1, crop, crop).
+
+One affine warp per batch does random crop, flip, rotation and zoom at once; with no randomness
+it reduces exactly to the centre crop that `runtime.preprocess` takes at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import AugmentConfig
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g) * (hi - lo) + lo
+
+
+def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    n, _, size, _ = x.shape
+    angle = _uniform(n, -cfg.rotate_deg, cfg.rotate_deg, g) * (math.pi / 180)
+    zoom = _uniform(n, *cfg.scale, g)
+    shift = _uniform(2 * n, -cfg.translate_px, cfg.translate_px, g).view(n, 2) * (2 / size)
+    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if cfg.flip else torch.ones(n)
+    # theta maps output coords to input coords (normalized to [-1, 1] over the full input).
+    s = (crop / size) / zoom
+    cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+    theta = torch.stack(
+        [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta, [n, 1, crop, crop], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g).view(n, 1, 1, 1)
+    brightness = _uniform(n, -cfg.brightness, cfg.brightness, g).view(n, 1, 1, 1)
+    out = out * contrast + brightness
+
+    if cfg.erase_p > 0:
+        area = _uniform(n, *cfg.erase_area, g) * crop * crop
+        aspect = torch.exp(_uniform(n, math.log(0.3), math.log(3.3), g))
+        h = (area * aspect).sqrt().clamp(1, crop).floor()
+        w = (area / aspect).sqrt().clamp(1, crop).floor()
+        top = (torch.rand(n, generator=g) * (crop - h + 1)).floor()
+        left = (torch.rand(n, generator=g) * (crop - w + 1)).floor()
+        rows = torch.arange(crop).view(1, crop, 1)
+        cols = torch.arange(crop).view(1, 1, crop)
+        box = (
+            (rows >= top.view(n, 1, 1))
+            & (rows < (top + h).view(n, 1, 1))
+            & (cols >= left.view(n, 1, 1))
+            & (cols < (left + w).view(n, 1, 1))
+        )
+        box &= (torch.rand(n, generator=g) < cfg.erase_p).view(n, 1, 1)
+        noise = torch.randn(out.shape, generator=g)
+        out = torch.where(box.unsqueeze(1), noise, out)
+    return out
+

@@ -1,0 +1,157 @@
+"""Score any model on any dataset layout the trainer reads.
+
+    python -m trainer.evaluate --model models/default/best.pt --data ../shared/datasets/fer2013/fer2013.zip
+    python -m trainer.evaluate --model runtime/models/default/model.int8.onnx --data fer2013.csv --split PrivateTest
+
+--model takes a PyTorch checkpoint (.pt) or an exported model (its folder, manifest.json, or one of its
+model files; the variant is picked from the file name or --backend/--precision). Test-time flip
+averaging defaults to what the model's checkpoint/manifest says, which is what the runtime does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import UserError
+from runtime.labels import LABELS
+from runtime.manifest import load_manifest
+from trainer import data
+from trainer.metrics import confusion_matrix, summarize
+
+
+def predict_checkpoint(path: Path, faces: np.ndarray, tta_flip: bool | None) -> tuple[np.ndarray, dict]:
+    from runtime.preprocess import preprocess
+    from trainer import checkpoint
+    from trainer.train import predict_with_tta
+
+    ckpt = checkpoint.load(path)
+    model, spec = checkpoint.build(ckpt, path)
+    tta = ckpt.get("tta_flip", False) if tta_flip is None else tta_flip
+    probs = predict_with_tta(model, preprocess(faces, spec), tta)
+    return probs, {"model": str(path), "kind": "pytorch", "epoch": ckpt.get("epoch"), "tta_flip": tta}
+
+
+def exported_variant(path: Path, backend: str | None, precision: str | None) -> tuple[str, str]:
+    """Backend and precision: from flags, else from the file named, else the manifest's INT8 ONNX model."""
+    manifest, folder = load_manifest(path)
+    if path.is_file() and path.name != "manifest.json":
+        rel = path.resolve().relative_to(folder.resolve()).as_posix()
+        for v in manifest.variants.values():
+            if rel in v.files:
+                return backend or v.backend, precision or v.precision
+        raise UserError(f"{path} is not listed in its manifest {folder / 'manifest.json'}")
+    return backend or "onnxruntime", precision or "int8"
+
+
+def predict_exported(path: Path, faces: np.ndarray, tta_flip, backend, precision, threads) -> tuple[np.ndarray, dict]:
+    from runtime.classifier import load_classifier
+
+    backend, precision = exported_variant(path, backend, precision)
+    clf = load_classifier(path, backend=backend, precision=precision, threads=threads, tta_flip=tta_flip)
+    probs = np.concatenate([clf.predict(faces[i : i + 256]) for i in range(0, len(faces), 256)] or [np.zeros((0, 7))])
+    info = {"model": str(path), "kind": "exported", "model_id": clf.model_id, "backend": backend,
+            "precision": precision, "tta_flip": bool(clf.tta_flip)}
+    return probs, info
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{'n':<22}{result['n']}",
+        f"{'accuracy':<22}{result['accuracy']:.4f}",
+        f"{'balanced accuracy':<22}{result['balanced_accuracy']:.4f}",
+        f"{'macro F1':<22}{result['macro_f1']:.4f}",
+        "recall per class:",
+    ]
+    for name, r in result["per_class_recall"].items():
+        lines.append(f"  {name:<20}{'-' if r is None else f'{r:.4f}'}")
+    return "\n".join(lines)
+
+
+def plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
+    ax.set_yticks(range(len(LABELS)), LABELS)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    for i in range(len(LABELS)):
+        for j in range(len(LABELS)):
+            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise UserError(f"model not found: {model_path}")
+    faces = data.load(args.data)
+    split = args.split or data.default_split(faces)
+    if split != "all" and split not in faces.available_splits():
+        raise UserError(f"{args.data} has no {split} split (has: {', '.join(faces.available_splits())})")
+    subset = faces.split(split)
+    if model_path.suffix == ".pt":
+        probs, info = predict_checkpoint(model_path, subset.images, args.tta)
+    else:
+        probs, info = predict_exported(model_path, subset.images, args.tta, args.backend, args.precision, args.threads)
+    result = summarize(confusion_matrix(subset.labels, probs.argmax(1)))
+    result.update({"split": split, "data": str(args.data), "skipped_images": faces.skipped, **info})
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="checkpoint .pt, or exported model (folder, manifest.json or model file)")
+    ap.add_argument("--data", required=True, help="fer2013.csv, image folder or .zip (train/test/<label>/...)")
+    ap.add_argument("--split", help="Training, PublicTest, PrivateTest or all (default: PublicTest if present)")
+    ap.add_argument("--json", type=Path, help="write the metrics as JSON here")
+    ap.add_argument("--plot", type=Path, help="write the confusion matrix as PNG here")
+    tta = ap.add_mutually_exclusive_group()
+    tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average with the mirrored face")
+    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time flip")
+    ap.add_argument("--backend", choices=["onnxruntime", "openvino"], help="exported models: backend")
+    ap.add_argument("--precision", choices=["fp32", "int8"], help="exported models: precision")
+    ap.add_argument("--threads", type=int, default=2, help="exported models: inference threads")
+    args = ap.parse_args(argv)
+    try:
+        for out in (args.json, args.plot):
+            if out is not None and not out.parent.is_dir():
+                raise UserError(f"cannot write {out}: folder {out.parent} does not exist")
+        result = evaluate(args)
+        print(format_table(result))
+        if args.json:
+            write_atomic(args.json, (json.dumps(result, indent=2, allow_nan=False) + "\n").encode())
+        if args.plot:
+            title = f"{Path(args.model).name} on {Path(args.data).name} {result['split']}: acc {result['accuracy']:.4f}"
+            plot_confusion(np.array(result["confusion"]), title, args.plot)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
