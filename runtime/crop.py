@@ -1,0 +1,85 @@
+"""Face crops that look like FER2013's: eyes level, face filling a 48x48 gray square.
+
+Geometry comes from the detector's keypoints, not from its box. MediaPipe clips boxes to the
+frame (on the wild-faces photos 162 of 208 boxes were clipped), and a box does not turn with a
+tilted head; the eyes and mouth do both right. For an upright face, unclipped, BlazeFace's box
+side is 2.19x the eye-to-mouth distance and 2.34x the eye distance (median over wild-faces), so
+the face size below is "the box BlazeFace would draw", measured in a way clipping cannot shrink.
+
+FER2013 faces (MediaPipe run on 400 upscaled PublicTest faces): eye distance ~17.5 px, eyes-to-mouth
+~18.7 px of 48, crop centre ~0.27 of the way from the eyes' midpoint to the mouth: tightly framed,
+forehead to chin. `margin` and `center` are tuned on wild-faces by benchmarks/crop_margin.py.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from runtime.frames import Detection
+
+# Keypoint order of BlazeFace (subject's right eye first, i.e. the eye on the image's left).
+RIGHT_EYE, LEFT_EYE, NOSE, MOUTH = 0, 1, 2, 3
+BOX_PER_EYE_MOUTH = 2.19  # BlazeFace box side / eye-to-mouth distance, upright faces
+BOX_PER_EYE_DIST = 2.34  # BlazeFace box side / eye distance, upright faces
+DEFAULT_MARGIN = 0.2  # tuned on wild-faces: benchmarks/results/crop_margin.json
+DEFAULT_CENTER = 0.25  # crop centre as a fraction of the way from the eyes' midpoint to the mouth
+
+
+def to_gray(image_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The frame in gray, once per frame for all its faces (pass `out` to reuse a buffer)."""
+    return cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY, dst=out)
+
+
+class FaceCropper:
+    """`FaceCropper().crop(gray, detections)` -> uint8 (N, size, size), one warpAffine per face."""
+
+    def __init__(self, margin: float = DEFAULT_MARGIN, size: int = 48, center: float = DEFAULT_CENTER) -> None:
+        if not -0.5 < margin <= 3.0:
+            raise ValueError(f"crop margin must be within (-0.5, 3], not {margin}")
+        if size < 8:
+            raise ValueError(f"crop size must be at least 8, not {size}")
+        self.margin = float(margin)
+        self.size = int(size)
+        self.center = float(center)
+
+    def matrix(self, det: Detection) -> np.ndarray:
+        """The 2x3 affine map from frame pixels to crop pixels for one face."""
+        k = det.keypoints
+        right, left, mouth = (
+            k[RIGHT_EYE].astype(np.float64),
+            k[LEFT_EYE].astype(np.float64),
+            k[MOUTH].astype(np.float64),
+        )
+        eyes = (right + left) / 2
+        eye_dist = math.hypot(*(left - right))
+        eye_mouth = math.hypot(*(mouth - eyes))
+        # The larger estimate wins: a turned head shortens the eye distance, a nodding one the eye-mouth distance.
+        face = max(BOX_PER_EYE_MOUTH * eye_mouth, BOX_PER_EYE_DIST * eye_dist)
+        if face < 1.0:  # degenerate keypoints: fall back on the box
+            face = max(det.box[2], det.box[3])
+        side = face * (1.0 + self.margin)
+        # Keypoints are continuous coordinates (pixel i spans [i, i+1)); warpAffine works on pixel centres.
+        cx, cy = eyes + self.center * (mouth - eyes) - 0.5
+        angle = math.degrees(math.atan2(left[1] - right[1], left[0] - right[0]))
+        m = cv2.getRotationMatrix2D((cx, cy), angle, self.size / side)  # rotates the eye line to horizontal
+        m[:, 2] += (self.size - 1) / 2 - np.array([cx, cy])  # face centre -> crop centre
+        return m
+
+    def crop(self, gray: np.ndarray, detections: list[Detection], out: np.ndarray | None = None) -> np.ndarray:
+        """Gray (H, W) uint8 frame + its detections -> (N, size, size) uint8, written into one array."""
+        if gray.ndim != 2 or gray.dtype != np.uint8:
+            raise ValueError(f"expected a gray uint8 image (H, W), got {gray.dtype} {gray.shape}")
+        n, s = len(detections), self.size
+        if out is None:
+            out = np.empty((n, s, s), dtype=np.uint8)
+        elif out.shape != (n, s, s) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a contiguous uint8 array of shape {(n, s, s)}, got {out.dtype} {out.shape}")
+        for i, det in enumerate(detections):
+            # dst=out[i]: a contiguous view of the right size and type, so OpenCV writes in place, no copy.
+            cv2.warpAffine(
+                gray, self.matrix(det), (s, s), dst=out[i], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            )
+        return out

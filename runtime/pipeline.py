@@ -1,0 +1,151 @@
+"""The pipeline: source -> detector -> cropper -> classifier -> tracker -> event -> publisher(s).
+
+It only wires stages together; building them and closing them is runtime.service's job. One frame at a time on
+the calling thread (the source decodes ahead in its own thread). Per frame the path reuses its buffers (gray
+frame, crops) and skips crop and classify when no face was found.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.crop import FaceCropper, to_gray
+from runtime.events import EventBuilder, encode
+from runtime.frames import Face, Frame
+from runtime.publishers import Publisher, ReaderGone
+from runtime.sources import Source, SourceStalled
+from runtime.tracker import Tracker
+
+_NO_PROBS = np.zeros((0, 7), np.float32)
+POLL_S = 0.1  # longest a stop request waits for a silent source
+HEARTBEAT_S = 1.0  # how often on_heartbeat runs (the systemd watchdog ping) while frames flow
+
+
+@dataclass
+class Counters:
+    """Figures for stats events and the final summary; written by the pipeline thread only."""
+
+    frames: int = 0  # frames processed
+    events: int = 0  # events published
+    faces: int = 0  # faces reported (sum over frames)
+    dropped: int = 0  # stale frames the source dropped (live sources), copied from the source
+    skipped: int = 0  # non-image files skipped (image directories), copied from the source
+
+
+class Pipeline:
+    """`Pipeline(...).run()` processes frames until the end of the stream, a stop request or the reader leaving.
+
+    Returns why it stopped: "eos", "stopped" or "reader_gone". Stills (source.stills) are independent: the
+    detector must be in image mode, and no tracker runs (faces get no id and unsmoothed probabilities).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        detector,  # runtime.detector.FaceDetector, or anything with .detect(image, timestamp_ms)
+        cropper: FaceCropper,
+        classifier,  # runtime.classifier.Classifier, or anything with .predict(faces_u8) -> (N, 7)
+        tracker: Tracker | None,
+        builder: EventBuilder,
+        publisher: Publisher,
+        annotator=None,  # runtime.annotate.Annotator or None
+        stop: threading.Event | None = None,
+        on_heartbeat: Callable[[], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.detector = detector
+        self.cropper = cropper
+        self.classifier = classifier
+        self.tracker = None if source.stills else tracker
+        self.builder = builder
+        self.publisher = publisher
+        self.annotator = annotator
+        self.stop = stop or threading.Event()
+        self.on_heartbeat = on_heartbeat
+        self.counters = Counters()
+        self._gray: np.ndarray | None = None
+        self._crops = np.empty((0, cropper.size, cropper.size), np.uint8)
+
+    def run(self) -> str:
+        next_beat = time.monotonic()
+        stall_s = self.source.stall_timeout_s
+        poll_s = min(POLL_S, stall_s)
+        last_frame = time.monotonic()
+        while not self.stop.is_set():
+            # Short polls instead of one long wait: a stop request is seen within POLL_S even from a silent source,
+            # and the stall watchdog still fires after stall_s without a frame.
+            try:
+                frame = self.source.read(timeout=poll_s)
+            except SourceStalled:
+                if time.monotonic() - last_frame < stall_s:
+                    continue
+                raise SourceStalled(f"source {self.source.uri} stalled: no frame for {stall_s:g} s") from None
+            if frame is None:
+                return "eos"
+            last_frame = time.monotonic()
+            try:
+                self.process(frame)
+            except ReaderGone:
+                return "reader_gone"
+            if self.on_heartbeat is not None and last_frame >= next_beat:
+                self.on_heartbeat()
+                next_beat = last_frame + HEARTBEAT_S
+        return "stopped"
+
+    def process(self, frame: Frame) -> dict | None:
+        """One frame through every stage; returns its event (None if not emitted)."""
+        image = frame.image
+        h, w = image.shape[:2]
+        picked_ns = time.monotonic_ns()
+        t0 = time.perf_counter_ns()
+        if self.source.stills:
+            detections = self.detector.detect(image)
+        else:
+            detections = self.detector.detect(image, frame.capture_ns // 1_000_000)
+        t1 = time.perf_counter_ns()
+        n = len(detections)
+        if n:
+            if self._gray is None or self._gray.shape != (h, w):
+                self._gray = np.empty((h, w), np.uint8)
+            to_gray(image, out=self._gray)
+            if len(self._crops) < n:
+                self._crops = np.empty((n, self.cropper.size, self.cropper.size), np.uint8)
+            crops = self.cropper.crop(self._gray, detections, out=self._crops[:n])
+            t2 = time.perf_counter_ns()
+            probs = self.classifier.predict(crops)
+        else:
+            t2 = t1
+            probs = _NO_PROBS
+        t3 = time.perf_counter_ns()
+        if self.tracker is not None:
+            faces = self.tracker.update(detections, probs)
+        else:
+            faces = [Face(detection=d, probs=p) for d, p in zip(detections, probs, strict=True)]
+        t4 = time.perf_counter_ns()
+        latency = {
+            "decode": frame.decode_ms,
+            "queue": max(0.0, (picked_ns - frame.capture_ns) / 1e6),  # waiting in the hand-off: total - queue = work
+            "detect": (t1 - t0) / 1e6,
+            "crop": (t2 - t1) / 1e6,
+            "classify": (t3 - t2) / 1e6,
+            "track": (t4 - t3) / 1e6,
+            "total": 0.0,
+        }
+        c = self.counters
+        c.frames += 1
+        c.faces += n
+        c.dropped = self.source.dropped
+        c.skipped = self.source.skipped
+        if self.annotator is not None:
+            self.annotator.write(frame, faces)
+        latency["total"] = max(0.0, (time.monotonic_ns() - frame.capture_ns) / 1e6)
+        event = self.builder.frame(frame, faces, w, h, latency)
+        if event is not None:
+            self.publisher.publish(encode(event))
+            c.events += 1
+        return event

@@ -1,0 +1,127 @@
+"""FaceCropper on real photos: shape, eye levelling, margin, FER2013-like geometry."""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.crop import FaceCropper, to_gray
+from runtime.detector import FaceDetector
+from runtime.detector_model import resolve_detector_model
+from runtime.frames import Detection
+
+WILD = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wild-faces" / "wild-faces.zip"
+PHOTO = "angry/Alejandro_Toledo_0004.jpg"  # eyes level within 1 degree as photographed
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with FaceDetector(resolve_detector_model(), "image") as det:
+        yield det
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A real upright frontal face, on a larger canvas so that it stays inside the frame when rotated."""
+    with zipfile.ZipFile(WILD) as zf:
+        img = cv2.imdecode(np.frombuffer(zf.read(PHOTO), np.uint8), cv2.IMREAD_COLOR)
+    return cv2.copyMakeBorder(img, 100, 100, 100, 100, cv2.BORDER_REPLICATE)
+
+
+def _map(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Frame points (continuous coordinates) -> crop pixel coordinates, through the cropper's affine map."""
+    return (pts - 0.5) @ m[:, :2].T + m[:, 2]
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel().astype(np.float32), b.ravel().astype(np.float32))[0, 1])
+
+
+def _eye_angle(pts: np.ndarray) -> float:
+    (rx, ry), (lx, ly) = pts[0], pts[1]
+    return math.degrees(math.atan2(ly - ry, lx - rx))
+
+
+def test_crops_are_uint8_n_by_48_by_48_written_into_the_given_array(detector, photo):
+    gray = to_gray(photo)
+    dets = detector.detect(photo) * 3
+    crops = FaceCropper().crop(gray, dets)
+    assert crops.shape == (3, 48, 48) and crops.dtype == np.uint8
+    assert crops.std() > 10  # a face, not a flat border
+
+    out = np.zeros((3, 48, 48), np.uint8)
+    assert FaceCropper().crop(gray, dets, out=out) is out
+    np.testing.assert_array_equal(out, crops)
+
+
+def test_no_detections_give_an_empty_batch(photo):
+    crops = FaceCropper().crop(to_gray(photo), [])
+    assert crops.shape == (0, 48, 48) and crops.dtype == np.uint8
+
+
+def test_other_sizes_follow_the_size_argument(detector, photo):
+    assert FaceCropper(size=64).crop(to_gray(photo), detector.detect(photo)).shape == (1, 64, 64)
+
+
+@pytest.mark.parametrize("tilt", [20, -20])
+def test_rotation_levels_a_face_tilted_by_20_degrees(detector, photo, tilt):
+    (upright,) = detector.detect(photo)
+    h, w = photo.shape[:2]
+    rot = cv2.getRotationMatrix2D((w / 2, h / 2), tilt, 1.0)
+    tilted = cv2.warpAffine(photo, rot, (w, h), borderMode=cv2.BORDER_REPLICATE)
+    (det,) = detector.detect(tilted)
+    # Ground truth: the upright photo's eyes carried through the known rotation (not the tilted detection's own).
+    true_eyes = (upright.keypoints[:2] - 0.5) @ rot[:, :2].T + rot[:, 2] + 0.5
+    assert abs(_eye_angle(true_eyes)) > 15  # the test face really is tilted
+
+    cropper = FaceCropper()
+    in_crop = _map(cropper.matrix(det), true_eyes)
+    assert abs(_eye_angle(in_crop)) < 4  # BlazeFace's eye keypoints are coarse: a few degrees of noise
+
+    # And the pixels agree: the tilted face's crop looks like the upright face's crop, much more so than
+    # the upright crop turned by the tilt (what an unlevelled crop would look like).
+    levelled = cropper.crop(to_gray(tilted), [det])[0]
+    reference = cropper.crop(to_gray(photo), [upright])[0]
+    unlevelled = cv2.warpAffine(
+        reference, cv2.getRotationMatrix2D((23.5, 23.5), tilt, 1.0), (48, 48), borderMode=cv2.BORDER_REPLICATE
+    )
+    assert _corr(levelled, reference) > 0.8
+    assert _corr(levelled, reference) > _corr(unlevelled, reference) + 0.1
+
+
+def test_larger_margin_shows_a_smaller_face(detector, photo):
+    (det,) = detector.detect(photo)
+    eye_dist = {}
+    for margin in (0.0, 0.5):
+        eyes = _map(FaceCropper(margin).matrix(det), det.keypoints[:2])
+        eye_dist[margin] = float(np.linalg.norm(eyes[1] - eyes[0]))
+    assert eye_dist[0.5] == pytest.approx(eye_dist[0.0] / 1.5, rel=1e-6)
+    gray = to_gray(photo)
+    assert not np.array_equal(FaceCropper(0.0).crop(gray, [det]), FaceCropper(0.5).crop(gray, [det]))
+
+
+def test_default_crop_puts_eyes_and_mouth_where_fer2013_has_them(detector, photo):
+    # FER2013 (MediaPipe on 400 upscaled PublicTest faces, interquartile ranges): eye midpoint y 17-20,
+    # eye distance 16-19 px, mouth y 35-39 of 48.
+    (det,) = detector.detect(photo)
+    k = _map(FaceCropper().matrix(det), det.keypoints[[0, 1, 3]])
+    eyes_y, eye_dist, mouth_y = (k[0, 1] + k[1, 1]) / 2, np.linalg.norm(k[1] - k[0]), k[2, 1]
+    assert 15 <= eyes_y <= 21 and 14 <= eye_dist <= 20 and 33 <= mouth_y <= 40
+    assert abs((k[0, 0] + k[1, 0]) / 2 - 23.5) < 4  # horizontally centred
+
+
+def test_face_at_the_frame_edge_still_gives_a_full_crop(detector, photo):
+    (det,) = detector.detect(photo)
+    shifted = Detection(det.box, det.score, det.keypoints - np.float32([det.keypoints[2, 0], 0]))  # nose on x=0
+    crop = FaceCropper().crop(to_gray(photo), [shifted])
+    assert crop.shape == (1, 48, 48)
+
+
+def test_crop_rejects_a_colour_image(photo):
+    with pytest.raises(ValueError, match="gray"):
+        FaceCropper().crop(photo, [])

@@ -1,0 +1,150 @@
+"""Pipeline behaviour with real stages: stills are independent (no ids, no smoothing), a stop request ends a run
+promptly, a stalled source is reported instead of hanging, a vanished reader ends the run quietly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.crop import FaceCropper
+from runtime.detector import FaceDetector
+from runtime.events import EventBuilder
+from runtime.publishers import Publisher, StdoutPublisher
+from runtime.sources import SourceStalled, open_source
+from runtime.tracker import Tracker
+
+
+class ListPublisher(Publisher):
+    """Keeps the encoded lines: a real Publisher whose transport is a list."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    def publish(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+@pytest.fixture(scope="module")
+def classifier(model_dir):
+    from runtime.classifier import load_classifier
+
+    return load_classifier(model_dir)
+
+
+def make_pipeline(source, detector_model: Path, classifier, publisher, emit_empty: bool = True, stop=None):
+    from runtime.pipeline import Pipeline
+
+    detector = FaceDetector(detector_model, mode="image" if source.stills else "video")
+    pipeline = Pipeline(
+        source=source,
+        detector=detector,
+        cropper=FaceCropper(),
+        classifier=classifier,
+        tracker=Tracker(smoothing=0.5),
+        builder=EventBuilder("test", source.uri, classifier.model_id, emit_empty=emit_empty),
+        publisher=publisher,
+        stop=stop,
+    )
+    return pipeline, detector
+
+
+def run_events(source, detector_model, classifier, **kw) -> tuple[str, list[dict], object]:
+    import json
+
+    publisher = ListPublisher()
+    pipeline, detector = make_pipeline(source, detector_model, classifier, publisher, **kw)
+    with source, detector:
+        reason = pipeline.run()
+    return reason, [json.loads(line) for line in publisher.lines], pipeline.counters
+
+
+def test_stills_get_no_ids_and_no_smoothing_between_images(tmp_path, image_dir, detector_model, classifier):
+    photo = sorted(image_dir.glob("*.jpg"))[0]
+    other = sorted(image_dir.glob("*.jpg"))[5]
+    # The same photo before and after another one: with smoothing across stills its probabilities would differ.
+    for name, src in (("a.jpg", photo), ("b.jpg", other), ("c.jpg", photo)):
+        shutil.copy(src, tmp_path / name)
+    reason, events, counters = run_events(open_source(str(tmp_path)), detector_model, classifier)
+    assert reason == "eos" and counters.frames == 3
+    assert [Path(e["file"]).name for e in events] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(face["id"] is None for e in events for face in e["faces"])
+    assert events[0]["faces"] and events[0]["faces"] == events[2]["faces"]
+
+
+def test_stream_events_carry_every_stage_latency(test_video, detector_model, classifier):
+    reason, events, counters = run_events(open_source(str(test_video.path)), detector_model, classifier)
+    assert reason == "eos" and counters.frames == len(events) == len(test_video.faces)
+    stages = {"decode", "queue", "detect", "crop", "classify", "track", "total"}
+    assert all(set(e["latency_ms"]) == stages for e in events)
+    assert counters.faces == sum(len(e["faces"]) for e in events)
+    with_face = [e for e in events if e["faces"]]
+    assert all(e["latency_ms"]["total"] >= e["latency_ms"]["detect"] for e in with_face)
+
+
+def test_emit_faces_skips_frames_without_faces(test_video, detector_model, classifier):
+    _, events, counters = run_events(open_source(str(test_video.path)), detector_model, classifier, emit_empty=False)
+    assert events and all(e["faces"] for e in events)
+    assert counters.frames == len(test_video.faces) > len(events)
+    assert [e["seq"] for e in events] == list(range(len(events)))  # no seq gaps for frames not emitted
+
+
+def test_stop_event_ends_a_run_promptly(test_video, detector_model, classifier):
+    stop = threading.Event()
+    source = open_source(str(test_video.path), realtime=True)  # 6 s at 25 fps if nobody stops it
+    publisher = ListPublisher()
+    pipeline, detector = make_pipeline(source, detector_model, classifier, publisher, stop=stop)
+    threading.Timer(0.5, stop.set).start()
+    start = time.monotonic()
+    with source, detector:
+        reason = pipeline.run()
+    assert reason == "stopped"
+    assert 0.4 < time.monotonic() - start < 1.0
+    assert 5 <= pipeline.counters.frames < len(test_video.faces)
+
+
+def test_stop_event_is_seen_while_the_source_is_silent(mjpeg, detector_model, classifier):
+    server = mjpeg(frames=3, interval_s=0.01)  # then silence, well within the stall timeout
+    stop = threading.Event()
+    source = open_source(server.url, stall_timeout_s=2.0)
+    pipeline, detector = make_pipeline(source, detector_model, classifier, ListPublisher(), stop=stop)
+    threading.Timer(0.5, stop.set).start()
+    start = time.monotonic()
+    with source, detector:
+        assert pipeline.run() == "stopped"
+        assert time.monotonic() - start < 1.0  # the pipeline saw the stop at once
+    # Closing waits for the blocked read, which FFmpeg's read timeout (the stall timeout) ends.
+    assert time.monotonic() - start < 2.0 + 1.5
+
+
+def test_stalled_source_does_not_hang(mjpeg, detector_model, classifier):
+    server = mjpeg(frames=5, interval_s=0.01)
+    source = open_source(server.url, stall_timeout_s=0.5)
+    pipeline, detector = make_pipeline(source, detector_model, classifier, ListPublisher())
+    start = time.monotonic()
+    with pytest.raises(SourceStalled, match="stalled"), source, detector:
+        pipeline.run()
+    assert time.monotonic() - start < 3.0
+    assert pipeline.counters.frames + pipeline.counters.dropped == 5
+
+
+def test_reader_gone_ends_the_run_quietly(test_video, detector_model, classifier):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first event
+    with os.fdopen(write_end, "wb") as stream:
+        source = open_source(str(test_video.path))
+        pipeline, detector = make_pipeline(source, detector_model, classifier, StdoutPublisher(stream))
+        with source, detector:
+            assert pipeline.run() == "reader_gone"
+    assert pipeline.counters.frames == 1
+
+
+def test_probabilities_are_finite_and_sum_to_one(test_video, detector_model, classifier):
+    _, events, _ = run_events(open_source(str(test_video.path)), detector_model, classifier, emit_empty=False)
+    probs = np.array([list(f["probs"].values()) for e in events for f in e["faces"]])
+    assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1.0, atol=2e-3)
