@@ -16,7 +16,15 @@ from runtime.labels import LABELS
 from trainer import data
 
 FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
-CANONICAL_TRAIN = {"angry": 3995, "disgust": 436, "fear": 4097, "happy": 7215, "neutral": 4965, "sad": 4830, "surprise": 3171}
+CANONICAL_TRAIN = {
+    "angry": 3995,
+    "disgust": 436,
+    "fear": 4097,
+    "happy": 7215,
+    "neutral": 4965,
+    "sad": 4830,
+    "surprise": 3171,
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +66,10 @@ def test_folder_and_zip_give_the_same_faces(tmp_path, fer_names):
         for f in sorted(folder.rglob("*.jpg")):
             zf.write(f, "fer2013/" + f.relative_to(folder).as_posix())
     a, b = data.load(folder), data.load(zipped, cache=False)
-    order_a, order_b = np.lexsort((a.images.reshape(len(a), -1).sum(1), a.labels)), np.lexsort((b.images.reshape(len(b), -1).sum(1), b.labels))
+    order_a, order_b = (
+        np.lexsort((a.images.reshape(len(a), -1).sum(1), a.labels)),
+        np.lexsort((b.images.reshape(len(b), -1).sum(1), b.labels)),
+    )
     assert len(a) == len(b) == 7 * 5
     assert np.array_equal(a.images[order_a], b.images[order_b])
     assert np.array_equal(a.labels[order_a], b.labels[order_b])
@@ -144,7 +155,8 @@ def test_unreadable_images_are_skipped_counted_and_reported(tmp_path, fer_names,
 def test_evaluate_cli_reports_bad_data_in_one_line(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "trainer.evaluate", "--model", str(tmp_path / "m.pt"), "--data", str(tmp_path)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: model not found")

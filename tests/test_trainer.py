@@ -44,8 +44,15 @@ def quick_config(data_dir: Path, out: Path, *overrides: str, **flags):
 
 def test_small_real_subset_overfits_within_a_minute(small_fer, tmp_path):
     cfg = quick_config(
-        small_fer, tmp_path / "run", "augment.enabled=false", "model.dropout=0", "ema_decay=0",
-        "label_smoothing=0", "lr=0.05", "tta_flip=false", epochs=25,
+        small_fer,
+        tmp_path / "run",
+        "augment.enabled=false",
+        "model.dropout=0",
+        "ema_decay=0",
+        "label_smoothing=0",
+        "lr=0.05",
+        "tta_flip=false",
+        epochs=25,
     )
     t0 = time.monotonic()
     run(cfg)
@@ -53,7 +60,9 @@ def test_small_real_subset_overfits_within_a_minute(small_fer, tmp_path):
     ckpt = checkpoint.load(tmp_path / "run" / "last.pt")
     model, spec = checkpoint.build(ckpt)
     train = data.load(small_fer).split("Training")
-    acc = (predict_with_tta(model, preprocess(train.images, spec, already_blurred=True), False).argmax(1) == train.labels).mean()
+    acc = (
+        predict_with_tta(model, preprocess(train.images, spec, already_blurred=True), False).argmax(1) == train.labels
+    ).mean()
     assert acc > 0.9, f"train accuracy {acc:.3f} after overfitting"
     assert elapsed < 60, f"overfitting 301 images took {elapsed:.0f}s"
 
@@ -103,9 +112,22 @@ def test_evaluate_command_writes_json_and_plot(small_fer, tmp_path):
     run(quick_config(small_fer, tmp_path / "r", epochs=1))
     out_json, out_png = tmp_path / "eval.json", tmp_path / "cm.png"
     proc = subprocess.run(
-        [sys.executable, "-m", "trainer.evaluate", "--model", str(tmp_path / "r" / "best.pt"), "--data", str(small_fer),
-         "--json", str(out_json), "--plot", str(out_png)],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "trainer.evaluate",
+            "--model",
+            str(tmp_path / "r" / "best.pt"),
+            "--data",
+            str(small_fer),
+            "--json",
+            str(out_json),
+            "--plot",
+            str(out_png),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     result = json.loads(out_json.read_text())
     assert {"accuracy", "balanced_accuracy", "macro_f1", "per_class_recall", "confusion", "n"} <= result.keys()

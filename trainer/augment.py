@@ -56,4 +56,3 @@ def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Gener
         noise = torch.randn(out.shape, generator=g)
         out = torch.where(box.unsqueeze(1), noise, out)
     return out
-

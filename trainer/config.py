@@ -52,6 +52,11 @@ class TrainConfig(Strict):
     tta_flip: bool = Field(True, description="average with the mirrored face at evaluation and in the runtime")
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch threads; 0 = all cores")
+    bf16: bool | Literal["auto"] = Field(
+        "auto",
+        description="bf16 autocast; auto = only where the CPU has native bf16 (AVX512-BF16/AMX), "
+        "elsewhere it is emulated and ~10x slower than fp32",
+    )
     train_limit: int = Field(0, ge=0, description="use only the first N training images (0 = all)")
     eval_split: str = Field("PublicTest", description="split for model selection")
     input_blur: float | Literal["auto"] = Field(

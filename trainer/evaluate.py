@@ -55,8 +55,14 @@ def predict_exported(path: Path, faces: np.ndarray, tta_flip, backend, precision
     backend, precision = exported_variant(path, backend, precision)
     clf = load_classifier(path, backend=backend, precision=precision, threads=threads, tta_flip=tta_flip)
     probs = np.concatenate([clf.predict(faces[i : i + 256]) for i in range(0, len(faces), 256)] or [np.zeros((0, 7))])
-    info = {"model": str(path), "kind": "exported", "model_id": clf.model_id, "backend": backend,
-            "precision": precision, "tta_flip": bool(clf.tta_flip)}
+    info = {
+        "model": str(path),
+        "kind": "exported",
+        "model_id": clf.model_id,
+        "backend": backend,
+        "precision": precision,
+        "tta_flip": bool(clf.tta_flip),
+    }
     return probs, info
 
 
@@ -90,8 +96,15 @@ def plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
     ax.set_title(title, fontsize=10)
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, f"{norm[i, j]:.2f}\n{cm[i, j]}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n{cm[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(out)
@@ -124,7 +137,9 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="checkpoint .pt, or exported model (folder, manifest.json or model file)")
+    ap.add_argument(
+        "--model", required=True, help="checkpoint .pt, or exported model (folder, manifest.json or model file)"
+    )
     ap.add_argument("--data", required=True, help="fer2013.csv, image folder or .zip (train/test/<label>/...)")
     ap.add_argument("--split", help="Training, PublicTest, PrivateTest or all (default: PublicTest if present)")
     ap.add_argument("--json", type=Path, help="write the metrics as JSON here")

@@ -1,6 +1,6 @@
 """Training loop: build data, model, optimizer; loop; validate; checkpoint. Read top to bottom.
 
-    python -m trainer --config trainer/configs/default.yaml [--set key=value ...] [--resume]
+python -m trainer --config trainer/configs/default.yaml [--set key=value ...] [--resume]
 """
 
 from __future__ import annotations
@@ -52,6 +52,12 @@ def predict_with_tta(model: torch.nn.Module, inputs: np.ndarray, tta_flip: bool)
     return (p + predict_proba(model, inputs, flip=True)) / 2 if tta_flip else p
 
 
+def use_bf16(setting: bool | str) -> bool:
+    if setting == "auto":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return bool(setting)
+
+
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -59,13 +65,15 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch) -> dict:
+def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch, bf16) -> dict:
     model.train()
     n = len(labels)
     order = torch.randperm(n, generator=g)
     steps = n // cfg.batch_size if n >= cfg.batch_size else 1
     total_loss = correct = seen = 0
-    bar = tqdm(range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, file=sys.stderr, disable=None)
+    bar = tqdm(
+        range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, file=sys.stderr, disable=None
+    )
     t0 = time.perf_counter()
     for step in bar:
         idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
@@ -75,7 +83,7 @@ def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: Train
         else:
             x = torch.from_numpy(center_crop(x[:, 0].numpy()))
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -92,9 +100,9 @@ def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: Train
     return {"train_loss": total_loss / seen, "train_acc": correct / seen}
 
 
-def validate(model, inputs: np.ndarray, labels: np.ndarray, tta_flip: bool) -> dict:
-    """Per-epoch check for model selection; bf16 for speed (trainer.evaluate scores in fp32)."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+def validate(model, inputs: np.ndarray, labels: np.ndarray, tta_flip: bool, bf16: bool) -> dict:
+    """Per-epoch check for model selection; bf16 where it is fast (trainer.evaluate scores in fp32)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         plain = predict_proba(model, inputs)
         both = (plain + predict_proba(model, inputs, flip=True)) / 2
     loss = float(-np.log(np.clip(plain[np.arange(len(labels)), labels], 1e-12, 1)).mean())
@@ -123,6 +131,12 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     g = torch.Generator().manual_seed(cfg.seed)
+    bf16 = use_bf16(cfg.bf16)
+    print(
+        f"{torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
+        f"bf16 autocast {'on' if bf16 else 'off'}",
+        file=sys.stderr,
+    )
 
     faces = data.load(cfg.data)
     train = faces.split("Training")
@@ -136,8 +150,11 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         raise UserError(f"{cfg.data}: no {cfg.eval_split} images to validate on (splits: {faces.available_splits()})")
     if cfg.input_blur == "auto":
         sigma, blur_report = matching_sigma(train.images, val.images)
-        print(f"input blur: Training sharpness {blur_report['train_sharpness']}, {cfg.eval_split} "
-              f"{blur_report['eval_sharpness']} -> blur_sigma {sigma}", file=sys.stderr)
+        print(
+            f"input blur: Training sharpness {blur_report['train_sharpness']}, {cfg.eval_split} "
+            f"{blur_report['eval_sharpness']} -> blur_sigma {sigma}",
+            file=sys.stderr,
+        )
     else:
         sigma, blur_report = float(cfg.input_blur), {"sigma": float(cfg.input_blur), "given": True}
     spec = PreprocessSpec(blur_sigma=sigma)
@@ -148,8 +165,9 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     model_args = {**cfg.model.model_dump(), "depths": list(cfg.model.depths)}
     model = build_model(cfg.arch, **model_args).to(memory_format=torch.channels_last)
     if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        )
     else:
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(labels) // cfg.batch_size)
@@ -176,20 +194,32 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     def describe(epoch: int, metrics: dict) -> dict:
         eval_model = ema.module if ema is not None else model
         return {
-            "arch": cfg.arch, "model_args": model_args, "labels": list(LABELS),
-            "preprocess": spec.to_dict(), "blur_report": blur_report, "tta_flip": cfg.tta_flip,
+            "arch": cfg.arch,
+            "model_args": model_args,
+            "labels": list(LABELS),
+            "preprocess": spec.to_dict(),
+            "blur_report": blur_report,
+            "tta_flip": cfg.tta_flip,
             "model": copy.deepcopy(eval_model).float().to(memory_format=torch.contiguous_format).state_dict(),
-            "epoch": epoch, "metrics": metrics, "config": cfg.model_dump(mode="json"),
-            "data_fingerprint": train.fingerprint(), "data_source": str(cfg.data),
+            "epoch": epoch,
+            "metrics": metrics,
+            "config": cfg.model_dump(mode="json"),
+            "data_fingerprint": train.fingerprint(),
+            "data_source": str(cfg.data),
         }
 
     last_epoch = min(cfg.epochs, stop_after or cfg.epochs)
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
-        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch)
-        va = validate(ema.module if ema is not None else model, val_inputs, val.labels, cfg.tta_flip)
-        row = {"epoch": epoch, **tr, **{k: v for k, v in va.items() if k != "summary"},
-               "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - t0, 1)}
+        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch, bf16)
+        va = validate(ema.module if ema is not None else model, val_inputs, val.labels, cfg.tta_flip, bf16)
+        row = {
+            "epoch": epoch,
+            **tr,
+            **{k: v for k, v in va.items() if k != "summary"},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         history.append(row)
         score = va["val_acc_tta"] if cfg.tta_flip else va["val_acc"]
         metrics = {cfg.eval_split: va["summary"]}
@@ -197,16 +227,27 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         if score > best_acc:
             best_acc = score
             checkpoint.save(best_path, ckpt)
-        checkpoint.save(last_path, {
-            **ckpt, "train_model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-            "rng": {"generator": g.get_state(), "torch": torch.get_rng_state()},
-            "best_acc": best_acc, "history": history,
-        })
+        checkpoint.save(
+            last_path,
+            {
+                **ckpt,
+                "train_model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "rng": {"generator": g.get_state(), "torch": torch.get_rng_state()},
+                "best_acc": best_acc,
+                "history": history,
+            },
+        )
         _write_log(out / "log.csv", history)
-        print(f"epoch {epoch:3d}  loss {tr['train_loss']:.3f}  train {tr['train_acc']:.3f}  "
-              f"val {va['val_acc']:.4f}  val+flip {va['val_acc_tta']:.4f}  best {best_acc:.4f}  "
-              f"{row['seconds']:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"epoch {epoch:3d}  loss {tr['train_loss']:.3f}  train {tr['train_acc']:.3f}  "
+            f"val {va['val_acc']:.4f}  val+flip {va['val_acc_tta']:.4f}  best {best_acc:.4f}  "
+            f"{row['seconds']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     return {"best_acc": best_acc, "history": history, "out": str(out)}
 
 
@@ -221,13 +262,17 @@ def _write_log(path: Path, history: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trainer", description="Train an expression classifier on FER2013.")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="training YAML (default: %(default)s)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.width=48")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. model.width=48"
+    )
     ap.add_argument("--data", help="dataset: fer2013.csv, image folder or .zip")
     ap.add_argument("--out", help="run directory (checkpoints, log.csv, config.yaml)")
     ap.add_argument("--epochs", type=int, help="total epochs (with --resume: extends the run)")
     ap.add_argument("--threads", type=int, help="torch threads (0 = all cores)")
     ap.add_argument("--resume", action="store_true", help="continue from <out>/last.pt")
-    ap.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch (continue later with --resume)")
+    ap.add_argument(
+        "--stop-after", type=int, metavar="EPOCH", help="stop after this epoch (continue later with --resume)"
+    )
     args = ap.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set, data=args.data, out=args.out, epochs=args.epochs, threads=args.threads)
