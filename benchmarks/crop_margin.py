@@ -14,12 +14,9 @@ flip TTA as the checkpoint says. Two yardsticks per setting:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
-import os
-import platform
 import sys
 import time
 import zipfile
@@ -28,6 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from benchmarks.engines import machine_facts
 from runtime.crop import DEFAULT_CENTER, DEFAULT_MARGIN, FaceCropper, to_gray
 from runtime.detector import FaceDetector
 from runtime.detector_model import resolve_detector_model
@@ -64,13 +62,13 @@ def detect_all(images: list[np.ndarray], detector_model: str | None, min_confide
     return found, np.array(ms)
 
 
-def evaluate(model, tta_flip: bool, grays, found, labels, cropper: FaceCropper, fer_mean: np.ndarray) -> dict:
+def evaluate(model, spec, tta_flip: bool, grays, found, labels, cropper: FaceCropper, fer_mean: np.ndarray) -> dict:
     from trainer.metrics import confusion_matrix, summarize
     from trainer.train import predict_with_tta
 
     keep = [i for i, d in enumerate(found) if d is not None]
     crops = np.concatenate([cropper.crop(grays[i], [found[i]]) for i in keep])
-    probs = predict_with_tta(model, preprocess(crops), tta_flip=tta_flip)
+    probs = predict_with_tta(model, preprocess(crops, spec), tta_flip=tta_flip)  # the checkpoint's blur too
     preds = probs.argmax(1)
     s = summarize(confusion_matrix(labels[keep], preds))
     mean_crop = crops.astype(np.float64).mean(0)
@@ -90,27 +88,6 @@ def evaluate(model, tta_flip: bool, grays, found, labels, cropper: FaceCropper, 
         "_crops": crops,
         "_preds": preds,
         "_keep": keep,
-    }
-
-
-def machine() -> dict:
-    """The setting every number depends on: CPU, cores, library versions."""
-    import mediapipe
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "mediapipe": mediapipe.__version__,
-        "opencv": cv2.__version__,
-        "numpy": np.__version__,
     }
 
 
@@ -181,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         centers = [float(c) for c in args.centers.split(",")]
         files, images, labels = load_wild(Path(args.data))
         ckpt = load(args.model)
-        model, _ = build(ckpt, args.model)
+        model, spec = build(ckpt, args.model)
         fer = load_faces(args.fer).split("PublicTest")
         found, det_ms = detect_all(images, args.detector_model, args.min_confidence)
     except (UserError, ValueError) as e:
@@ -194,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for center in centers:
         for margin in margins:
-            results.append(evaluate(model, tta, grays, found, labels, FaceCropper(margin, center=center), fer_mean))
+            results.append(
+                evaluate(model, spec, tta, grays, found, labels, FaceCropper(margin, center=center), fer_mean)
+            )
     best = pick_best(results)
 
     print(f"checkpoint {args.model}: epoch {ckpt.get('epoch')}, tta_flip {tta}, metrics {ckpt.get('metrics', {})}")
@@ -228,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "min_confidence": args.min_confidence,
             "ms_p50": float(np.percentile(det_ms, 50)),
         },
-        "machine": machine(),
+        "machine": machine_facts(),
         "defaults": {"margin": DEFAULT_MARGIN, "center": DEFAULT_CENTER},
         "best": {"margin": best["margin"], "center": best["center"], "rule": BEST_RULE},
         "results": [{k: v for k, v in r.items() if not k.startswith("_")} for r in results],
