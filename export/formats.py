@@ -84,9 +84,13 @@ def export_onnx(prep: Prepared, path: Path) -> list[Path]:
 
 
 class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader protocol over the prepared training images."""
+    """onnxruntime's CalibrationDataReader protocol over the prepared training images.
 
-    def __init__(self, inputs: np.ndarray, batch: int = 32) -> None:
+    Batches of one: the percentile calibrator stacks every batch's activations into one array, so all batches
+    must have the same size whatever the calibration size.
+    """
+
+    def __init__(self, inputs: np.ndarray, batch: int = 1) -> None:
         self.inputs, self.batch, self.pos = inputs, batch, 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -101,10 +105,15 @@ class _CalibrationReader:
 
 
 def quantize_onnx_int8(prep: Prepared, fp32: Path, path: Path) -> list[Path]:
-    """Static INT8: QDQ, per-channel INT8 weights, UINT8 activations calibrated (min-max) on training images.
+    """Static INT8: QDQ, per-channel UINT8 weights, UINT8 activations calibrated on training images.
 
     QDQ with U8 activations runs as fused integer kernels in onnxruntime's CPU provider (VNNI where the CPU has
-    it); S8 activations in QOperator format would fall back to slow paths on x86.
+    it); S8 activations in QOperator format would fall back to slow paths on x86. Weights are U8, not S8: on
+    x86 CPUs without VNNI (AVX2 only) the U8S8 kernels sum pairs of products in int16 and saturate (onnxruntime's
+    quantization docs), and the shipped model must be right on both kinds of CPU. Activation ranges are the
+    99.999th percentile, not min-max: a few outliers otherwise cost the resolution every face needs.
+    Measured on PublicTest (AVX2, agreement with FP32 top-1): U8S8 min-max 77.5%, S8 7-bit weights 96.7%,
+    U8U8 min-max 97.0%, U8U8 entropy 97.0%, U8U8 percentile 99.999 97.3%.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -119,8 +128,9 @@ def quantize_onnx_int8(prep: Prepared, fp32: Path, path: Path) -> list[Path]:
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            weight_type=QuantType.QUInt8,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": 99.999},
         )
     _set_onnx_metadata(path, prep, "int8")
     return [path]

@@ -22,8 +22,7 @@ class PreprocessSpec:
     std_floor: float = 0.02  # keeps flat (nearly uniform) crops from blowing up
     # Gaussian blur (sigma in pixels of the 48x48 face) applied to every face before it is
     # standardized, so sharp camera crops look like the training images; 0 = none. The shared
-    # FER2013 Training split is blurred (sigma ~3) while its test splits are sharp: see
-    # trainer/blur.py, which measures it.
+    # FER2013 Training split is blurred while its test split is sharp: trainer/blur.py measures it.
     blur_sigma: float = 0.0
 
     def to_dict(self) -> dict:
