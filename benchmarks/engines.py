@@ -3,8 +3,10 @@ eager on the source checkpoint (needs the train extra), all behind the runtime's
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -110,4 +112,17 @@ def percentiles(values_ms: list[float] | np.ndarray) -> dict:
     if v.size == 0:
         return {"p50": None, "p95": None, "p99": None, "max": None}
     p50, p95, p99 = np.percentile(v, [50, 95, 99])
-    return {"p50": round(p50, 3), "p95": round(p95, 3), "p99": round(p99, 3), "max": round(float(v.max()), 3)}
+    return {k: round(float(x), 3) for k, x in zip(("p50", "p95", "p99", "max"), (p50, p95, p99, v.max()), strict=True)}
+
+
+def write_result(path: Path, name: str, result: dict) -> None:
+    """One results file: the benchmark's name and the machine it ran on first, then its figures."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"benchmark": name, "machine": machine_facts(), **result}, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def emotiond_command() -> list[str]:
+    """The installed daemon beside this interpreter (as a user runs it), else the module."""
+    emotiond = Path(sys.executable).with_name("emotiond")
+    return [str(emotiond)] if emotiond.exists() else [sys.executable, "-m", "runtime"]

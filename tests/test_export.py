@@ -95,7 +95,7 @@ def test_manifest_describes_source_data_files_and_metrics(manifest: dict, export
 
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
     assert manifest["labels"] == list(LABELS)
-    assert manifest["preprocess"] == DEFAULT_SPEC.to_dict()
+    assert manifest["preprocess"] == ckpt["preprocess"]  # the checkpoint's contract, input blur included
     assert manifest["input"]["shape"] == ["batch", *DEFAULT_SPEC.input_shape]
     assert manifest["output"]["shape"] == ["batch", len(LABELS)]
     assert manifest["tta_flip"] == ckpt["tta_flip"]
@@ -217,7 +217,8 @@ def _other_architecture(source: Path, path: Path) -> Path:
     from trainer import checkpoint
 
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
-    ckpt["model_args"] = {**ckpt["model_args"], "width": 16}  # weights of width 32 in a width-16 network
+    width = ckpt["model_args"]["width"]
+    ckpt["model_args"] = {**ckpt["model_args"], "width": width * 2}  # weights of one width in a network twice as wide
     checkpoint.save(path, {k: v for k, v in ckpt.items() if k != "format"})
     return path
 

@@ -132,11 +132,6 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         torch.set_num_threads(cfg.threads)
     g = torch.Generator().manual_seed(cfg.seed)
     bf16 = use_bf16(cfg.bf16)
-    print(
-        f"{torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
-        f"bf16 autocast {'on' if bf16 else 'off'}",
-        file=sys.stderr,
-    )
 
     faces = data.load(cfg.data)
     train = faces.split("Training")
@@ -148,6 +143,11 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         raise UserError(f"{cfg.data}: no Training images")
     if len(val) == 0:
         raise UserError(f"{cfg.data}: no {cfg.eval_split} images to validate on (splits: {faces.available_splits()})")
+    print(  # after the data loaded: bad data gets its one-line error alone
+        f"{torch.get_num_threads()} threads, CPU {torch.backends.cpu.get_cpu_capability()}, "
+        f"bf16 autocast {'on' if bf16 else 'off'}",
+        file=sys.stderr,
+    )
     if cfg.input_blur == "auto":
         sigma, blur_report = matching_sigma(train.images, val.images)
         print(

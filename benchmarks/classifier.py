@@ -1,0 +1,113 @@
+"""Per-face latency and throughput of each classifier backend/precision at batch 1, 8 and 32.
+
+    python -m benchmarks.classifier [--json benchmarks/results/classifier.json] [--threads 1 2] [--seconds 1]
+
+"network" times the model alone on preprocessed faces (what the targets speak of); "predict" times the runtime's
+whole `Classifier.predict` at batch 1 (preprocessing, the mirrored face when tta_flip, softmax). Inputs are real
+FER2013 PublicTest faces when ../shared/datasets is present, else random faces (the time these models take does
+not depend on pixel values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.engines import DEFAULT_CHECKPOINT, EngineSpec, all_engines, make_classifier, write_result
+from runtime.classifier import DEFAULT_MODEL_DIR
+from runtime.errors import UserError
+from runtime.preprocess import preprocess
+
+FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
+BATCHES = (1, 8, 32)
+
+
+def sample_faces(n: int = 64) -> tuple[np.ndarray, str]:
+    if FER_ZIP.is_file():
+        from trainer.data import load  # the train extra; fall back to random faces without it
+
+        try:
+            return load(FER_ZIP).split("PublicTest").images[:n], "FER2013 PublicTest"
+        except ImportError:
+            pass
+    return np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8), "random"
+
+
+def time_call(fn, seconds: float, min_calls: int = 20) -> float:
+    """Median wall time of one call in ms, after a warm-up."""
+    for _ in range(5):
+        fn()
+    times = []
+    end = time.perf_counter() + seconds
+    while len(times) < min_calls or time.perf_counter() < end:
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return float(np.median(times))
+
+
+def bench(engine: EngineSpec, threads: int, faces: np.ndarray, seconds: float, model_dir, checkpoint) -> list[dict]:
+    clf = make_classifier(engine, threads, model_dir, checkpoint)
+    rows = []
+    for batch in BATCHES:
+        x = preprocess(faces[:batch], clf.spec)
+        ms = time_call(lambda x=x: clf.logits(x), seconds)
+        rows.append({"engine": engine.name, "threads": threads, "batch": batch, "what": "network",
+                     "ms_per_call": round(ms, 4), "ms_per_face": round(ms / batch, 4),
+                     "faces_per_s": round(1000 * batch / ms, 1)})  # fmt: skip
+    ms = time_call(lambda: clf.predict(faces[:1]), seconds)
+    rows.append({"engine": engine.name, "threads": threads, "batch": 1, "what": f"predict(tta_flip={clf.tta_flip})",
+                 "ms_per_call": round(ms, 4), "ms_per_face": round(ms, 4), "faces_per_s": round(1000 / ms, 1)})  # fmt: skip
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'engine':<18}{'thr':>4}{'batch':>6}  {'what':<24}{'ms/face':>9}{'faces/s':>10}")
+    for r in rows:
+        print(f"{r['engine']:<18}{r['threads']:>4}{r['batch']:>6}  {r['what']:<24}{r['ms_per_face']:>9.3f}"
+              f"{r['faces_per_s']:>10.0f}")  # fmt: skip
+
+
+def speedups(rows: list[dict]) -> dict:
+    """INT8 over FP32 per backend, network at batch 1 on one thread."""
+    at = {(r["engine"], r["threads"], r["batch"]): r["ms_per_face"] for r in rows if r["what"] == "network"}
+    out = {}
+    for backend in ("onnxruntime", "openvino"):
+        fp32, int8 = at.get((f"{backend} fp32", 1, 1)), at.get((f"{backend} int8", 1, 1))
+        if fp32 and int8:
+            out[backend] = round(fp32 / int8, 2)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.classifier", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model set (default: shipped)")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="for the PyTorch eager row")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement (default %(default)s)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    try:
+        faces, faces_from = sample_faces()
+        engines = all_engines(with_torch=args.checkpoint.is_file())
+        rows = [r for e in engines for t in args.threads for r in bench(e, t, faces, args.seconds, args.model,
+                                                                         args.checkpoint)]  # fmt: skip
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_table(rows)
+    ratio = speedups(rows)
+    print("INT8 speed-up over FP32 (batch 1, 1 thread): " + ", ".join(f"{k} {v}x" for k, v in ratio.items()))
+    if args.json:
+        write_result(
+            args.json, "classifier", {"inputs": faces_from, "rows": rows, "int8_speedup_batch1_1thread": ratio}
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

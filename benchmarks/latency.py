@@ -1,0 +1,257 @@
+"""The daemon's speed, per stage and side by side: `python -m benchmarks.latency [--frames N] [--json OUT]`.
+
+1. Pipeline runs: the real pipeline (capture thread, MediaPipe, crop, classifier, tracker, events, a publisher
+   writing to /dev/null) over clips of 640x480 frames holding 1, 4 and 8 wild-faces photos, for every
+   classifier (PyTorch eager FP32, onnxruntime and OpenVINO FP32/INT8) with 1 and 2 classifier threads. Per
+   stage p50/p95/p99/max in ms; "processing" is detect -> published for one frame, "capture_to_publish" adds
+   the wait in the capture hand-off; frames per second and CPU time (all threads) per frame.
+2. `emotiond run` on the 1-face clip (the installed daemon, default config, events to /dev/null) against a
+   bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio.
+3. A live source fed faster than it can be processed: capture-to-publish latency early vs late in the run,
+   and the stale frames dropped (latest-frame-wins keeps it flat).
+
+--source uses your own video file for the 1-face runs and the daemon comparison instead of the built clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.engines import (
+    DEFAULT_CHECKPOINT,
+    EngineSpec,
+    all_engines,
+    emotiond_command,
+    make_classifier,
+    percentiles,
+    write_result,
+)  # fmt: skip
+from runtime.classifier import DEFAULT_MODEL_DIR
+from runtime.crop import DEFAULT_MARGIN, FaceCropper
+from runtime.detector import FaceDetector
+from runtime.detector_model import resolve_detector_model
+from runtime.errors import UserError
+from runtime.events import EventBuilder, new_session_id
+from runtime.pipeline import Pipeline
+from runtime.publishers import StdoutPublisher
+from runtime.sources import open_source
+from runtime.tracker import Tracker
+from samples import make_sample
+
+FACE_COUNTS = (1, 4, 8)
+GRIDS = {1: (1, 1, 240), 4: (2, 2, 200), 8: (4, 2, 150)}  # columns, rows, photo side in px
+STAGES = ("decode", "detect", "crop", "classify", "publish", "processing", "capture_to_publish")
+SEGMENT = 15  # frames each set of photos stays on screen
+
+
+def build_clip(out: Path, faces: int, frames: int) -> Path:
+    """`frames` 640x480 frames with `faces` wild-faces photos in a grid, changing every SEGMENT frames."""
+    cols, rows, side = GRIDS[faces]
+    w, h = make_sample.SIZE
+    names = make_sample.pick(make_sample.photo_names(), 40)
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    if not writer.isOpened():
+        raise UserError(f"cannot write {out}")
+    canvas = np.empty((h, w, 3), np.uint8)
+    gap_x, gap_y = (w - cols * side) // (cols + 1), (h - rows * side) // (rows + 1)
+    with zipfile.ZipFile(make_sample.WILD_ZIP) as zf:
+        photos = [make_sample.read_photo(zf, n, side) for n in names]
+        for i in range(frames):
+            if i % SEGMENT == 0:
+                canvas[:] = make_sample.BACKGROUND
+                first = (i // SEGMENT) * faces
+                for k in range(faces):
+                    x = gap_x + (k % cols) * (side + gap_x)
+                    y = gap_y + (k // cols) * (side + gap_y)
+                    canvas[y : y + side, x : x + side] = photos[(first + k) % len(photos)]
+            writer.write(canvas)
+    writer.release()
+    return out
+
+
+def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: Path, args, live: bool = False) -> dict:
+    """One pass of the real pipeline over `clip`; per-frame stage times and totals."""
+    classifier = make_classifier(engine, threads, args.model, args.checkpoint)
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    faces = 0
+    with open("/dev/null", "wb") as devnull, FaceDetector(detector_model, "video") as detector:
+        source = open_source(str(clip), live=live)
+        pipeline = Pipeline(
+            source=source, detector=detector, cropper=FaceCropper(margin=DEFAULT_MARGIN), classifier=classifier,
+            tracker=Tracker(), builder=EventBuilder(new_session_id(), str(clip), classifier.model_id),
+            publisher=StdoutPublisher(devnull),
+        )  # fmt: skip
+        with source:
+            cpu0, wall0 = time.process_time(), time.perf_counter()
+            while (frame := source.read(timeout=30)) is not None:
+                start = time.monotonic_ns()
+                event = pipeline.process(frame)
+                end = time.monotonic_ns()
+                lat = event["latency_ms"]
+                processing = (end - start) / 1e6
+                work = lat["detect"] + lat["crop"] + lat["classify"] + lat["track"]
+                for stage, ms in (
+                    ("decode", frame.decode_ms), ("detect", lat["detect"]), ("crop", lat["crop"]),
+                    ("classify", lat["classify"]), ("publish", max(0.0, processing - work)),
+                    ("processing", processing), ("capture_to_publish", (end - frame.capture_ns) / 1e6),
+                ):  # fmt: skip
+                    per_stage[stage].append(ms)
+                faces += len(event["faces"])
+            wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+            dropped = source.dropped
+    n = len(per_stage["processing"])
+    return {
+        "engine": engine.name, "threads": threads, "tta_flip": classifier.tta_flip, "frames": n,
+        "faces_per_frame": round(faces / max(n, 1), 2), "fps": round(n / wall, 1),
+        "cpu_ms_per_frame": round(1000 * cpu / max(n, 1), 3), "dropped": dropped,
+        "stages_ms": {s: percentiles(v) for s, v in per_stage.items()},
+        "_capture_to_publish": per_stage["capture_to_publish"],
+    }  # fmt: skip
+
+
+def bare_loop_fps(clip: Path, detector_model: Path) -> float:
+    """Decode + MediaPipe detection, one after the other on one thread: the floor the daemon must beat."""
+    cap = cv2.VideoCapture(str(clip))
+    frames = 0
+    with FaceDetector(detector_model, "video") as detector:
+        t0 = time.perf_counter()
+        while True:
+            ok, image = cap.read()
+            if not ok:
+                break
+            detector.detect(image, frames)
+            frames += 1
+        seconds = time.perf_counter() - t0
+    cap.release()
+    return frames / seconds
+
+
+def daemon_fps(clip: Path) -> float:
+    """The installed daemon with its default config; it prints its own frame rate (of the pipeline run)."""
+    proc = subprocess.run([*emotiond_command(), "run", "--source", str(clip)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, timeout=600)  # fmt: skip
+    match = re.search(r"\(([\d.]+) frames/s\)", proc.stderr)
+    if proc.returncode != 0 or match is None:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise UserError(f"emotiond run failed on {clip} (exit {proc.returncode}): {last}")
+    return float(match.group(1))
+
+
+def compare_daemon(clip: Path, detector_model: Path, repeats: int) -> dict:
+    bare, daemon = [], []
+    for _ in range(repeats):  # interleaved, so a busy moment of the machine hits both alike
+        bare.append(bare_loop_fps(clip, detector_model))
+        daemon.append(daemon_fps(clip))
+    b, d = float(np.median(bare)), float(np.median(daemon))
+    return {"bare_loop_fps": round(b, 1), "daemon_fps": round(d, 1), "ratio": round(d / b, 3),
+            "bare_runs": [round(x, 1) for x in bare], "daemon_runs": [round(x, 1) for x in daemon]}  # fmt: skip
+
+
+def live_drift(clip: Path, detector_model: Path, args) -> dict:
+    run = run_pipeline(clip, EngineSpec("onnxruntime", "int8"), 1, detector_model, args, live=True)
+    lat = run.pop("_capture_to_publish")
+    third = max(1, len(lat) // 3)
+    early, late = float(np.median(lat[:third])), float(np.median(lat[-third:]))
+    return {"frames_in_clip": int(cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT)),
+            "processed": run["frames"], "dropped": run["dropped"],
+            "capture_to_publish_p50_first_third_ms": round(early, 3),
+            "capture_to_publish_p50_last_third_ms": round(late, 3),
+            "capture_to_publish_ms": run["stages_ms"]["capture_to_publish"]}  # fmt: skip
+
+
+def print_runs(runs: list[dict]) -> None:
+    print(f"{'faces':>5} {'engine':<18}{'thr':>4}{'fps':>8}{'cpu ms':>8}   " + "  ".join(
+        f"{s[:10]:>16}" for s in STAGES) + "   (p50/p99 ms)")  # fmt: skip
+    for r in runs:
+        cells = "  ".join(f"{r['stages_ms'][s]['p50']:>7.3f}/{r['stages_ms'][s]['p99']:<8.3f}" for s in STAGES)
+        print(f"{r['clip_faces']:>5} {r['engine']:<18}{r['threads']:>4}{r['fps']:>8.1f}{r['cpu_ms_per_frame']:>8.2f}"
+              f"   {cells}")  # fmt: skip
+
+
+def targets(runs: list[dict], daemon: dict, live: dict) -> dict:
+    one = next((r for r in runs if r["clip_faces"] == 1 and r["threads"] == 1
+                and r["engine"] == "onnxruntime int8"), None)  # fmt: skip
+    out = {"daemon_vs_bare_ratio>=1.0": [daemon["ratio"], daemon["ratio"] >= 1.0],
+           "daemon_fps>=300": [daemon["daemon_fps"], daemon["daemon_fps"] >= 300],
+           "live_latency_flat": [[live["capture_to_publish_p50_first_third_ms"],
+                                  live["capture_to_publish_p50_last_third_ms"]],
+                                 live["capture_to_publish_p50_last_third_ms"]
+                                 <= 2 * live["capture_to_publish_p50_first_third_ms"] + 5]}  # fmt: skip
+    if one is not None:
+        p50, p99 = one["stages_ms"]["processing"]["p50"], one["stages_ms"]["processing"]["p99"]
+        out["processing_p50<=5ms"] = [p50, p50 <= 5]
+        out["processing_p99<=8ms"] = [p99, p99 <= 8]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.splitlines()[0],
+                                 epilog="\n".join(__doc__.splitlines()[1:]),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    ap.add_argument("--frames", type=int, default=300, help="frames per clip (default %(default)s; CI uses 30)")
+    ap.add_argument("--source", type=Path, help="your own video file for the 1-face runs and the daemon comparison")
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="exported model set (default: shipped)")
+    ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="for the PyTorch eager rows")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="classifier threads to compare")
+    ap.add_argument("--faces", type=int, nargs="+", default=list(FACE_COUNTS), choices=FACE_COUNTS)
+    ap.add_argument("--repeats", type=int, default=3, help="daemon vs bare loop rounds (default %(default)s)")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    if args.frames < 1:
+        print("error: --frames must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        if args.source is None and not make_sample.WILD_ZIP.is_file():
+            raise UserError(f"no wild-faces photos at {make_sample.WILD_ZIP} to build clips from: give --source")
+        if args.source is not None and not args.source.is_file():
+            raise UserError(f"source not found: {args.source}")
+        detector_model = resolve_detector_model(None, allow_fetch=True)
+        with tempfile.TemporaryDirectory(prefix="emotiond-bench-") as tmp:
+            clips = {k: build_clip(Path(tmp) / f"faces{k}.mp4", k, args.frames) for k in args.faces}
+            if args.source is not None:
+                clips[1] = args.source
+            engines = all_engines(with_torch=args.checkpoint.is_file())
+            runs = []
+            for k, clip in clips.items():
+                for engine in engines:
+                    for threads in args.threads:
+                        run = run_pipeline(clip, engine, threads, detector_model, args)
+                        run.pop("_capture_to_publish")
+                        runs.append({"clip_faces": k, **run})
+                        print(f"  {k} face(s), {engine.name}, {threads} thread(s): {run['fps']} frames/s",
+                              file=sys.stderr, flush=True)  # fmt: skip
+            one_face = clips.get(1) or build_clip(Path(tmp) / "faces1.mp4", 1, args.frames)
+            daemon = compare_daemon(one_face, detector_model, args.repeats)
+            live_clip = build_clip(Path(tmp) / "live.mp4", 1, max(5 * args.frames, 150))
+            live = live_drift(live_clip, detector_model, args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_runs(runs)
+    print(f"daemon vs bare decode+detect loop: {daemon['daemon_fps']} vs {daemon['bare_loop_fps']} frames/s, "
+          f"ratio {daemon['ratio']}")  # fmt: skip
+    print(f"live source fed too fast: {live['processed']} processed, {live['dropped']} dropped; capture-to-publish "
+          f"p50 {live['capture_to_publish_p50_first_third_ms']} ms (first third) vs "
+          f"{live['capture_to_publish_p50_last_third_ms']} ms (last third)")  # fmt: skip
+    goals = targets(runs, daemon, live)
+    for name, (value, met) in goals.items():
+        print(f"target {name}: {value} -> {'met' if met else 'MISSED'}")
+    if args.json:
+        result = {"frames_per_clip": args.frames, "source": str(args.source) if args.source else "wild-faces clips",
+                  "runs": runs, "daemon_vs_bare": daemon, "live": live, "targets": goals}  # fmt: skip
+        write_result(args.json, "latency", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

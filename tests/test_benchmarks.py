@@ -1,0 +1,75 @@
+"""The benchmarks' quick modes: real pipeline, real models, real clips; the structure of what they report."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks import classifier as classifier_bench
+from benchmarks import latency
+from runtime.manifest import load_manifest
+
+STAGE_KEYS = {"p50", "p95", "p99", "max"}
+
+
+def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir, tmp_path, capsys):
+    out = tmp_path / "latency.json"
+    code = latency.main(["--frames", "30", "--repeats", "1", "--model", str(model_dir), "--json", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    engines = {r["engine"] for r in result["runs"]}
+    assert {"onnxruntime fp32", "onnxruntime int8", "openvino fp32", "openvino int8"} <= engines
+    assert {(r["clip_faces"], r["threads"]) for r in result["runs"]} == {(k, t) for k in (1, 4, 8) for t in (1, 2)}
+    for run in result["runs"]:
+        assert run["frames"] == 30
+        assert set(run["stages_ms"]) == set(latency.STAGES)
+        for stage, numbers in run["stages_ms"].items():
+            assert set(numbers) == STAGE_KEYS, stage
+            assert 0 <= numbers["p50"] <= numbers["p95"] <= numbers["p99"] <= numbers["max"], (stage, numbers)
+        assert run["fps"] > 0 and run["cpu_ms_per_frame"] > 0
+        # every frame holds clip_faces photos; BlazeFace short-range finds the single big face every time and
+        # only some of 4-8 small ones (faces of ~70 px in 640x480), but always several
+        if run["clip_faces"] == 1:
+            assert run["faces_per_frame"] >= 0.95, run
+        else:
+            assert run["faces_per_frame"] >= 1.5, run
+    daemon = result["daemon_vs_bare"]
+    assert daemon["daemon_fps"] > 0 and daemon["bare_loop_fps"] > 0
+    assert abs(daemon["ratio"] - daemon["daemon_fps"] / daemon["bare_loop_fps"]) < 0.01
+    live = result["live"]
+    assert live["processed"] >= 1 and live["processed"] + live["dropped"] <= live["frames_in_clip"]
+    assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["onnxruntime"]
+    assert set(result["targets"]) >= {"daemon_vs_bare_ratio>=1.0", "processing_p50<=5ms", "live_latency_flat"}
+    printed = capsys.readouterr().out
+    assert "daemon vs bare decode+detect loop" in printed and "target processing_p50<=5ms" in printed
+
+
+def test_latency_refuses_a_missing_source(tmp_path, capsys):
+    assert latency.main(["--source", str(tmp_path / "nope.mp4"), "--frames", "5"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: source not found: {tmp_path / 'nope.mp4'}"
+
+
+def test_classifier_benchmark_rows_per_engine_and_batch(model_dir, tmp_path):
+    out = tmp_path / "classifier.json"
+    args = ["--model", str(model_dir), "--threads", "1", "--seconds", "0.02", "--json", str(out)]
+    assert classifier_bench.main(args) == 0
+    result = json.loads(out.read_text())
+    manifest, _ = load_manifest(model_dir)
+    exported = {f"{v.backend} {v.precision}" for v in manifest.variants.values()}
+    network = {(r["engine"], r["batch"]) for r in result["rows"] if r["what"] == "network"}
+    assert {(e, b) for e in exported for b in (1, 8, 32)} <= network
+    for r in result["rows"]:
+        assert r["ms_per_face"] > 0 and abs(r["faces_per_s"] - 1000 / r["ms_per_face"]) / r["faces_per_s"] < 0.01
+    assert set(result["int8_speedup_batch1_1thread"]) == {"onnxruntime", "openvino"}
+
+
+def test_wild_faces_pipeline_accuracy_per_class(model_dir, tmp_path):
+    from benchmarks import wild_faces
+
+    out = tmp_path / "wild.json"
+    assert wild_faces.main(["--limit", "14", "--json", str(out), "--", "--model", str(model_dir)]) == 0
+    result = json.loads(out.read_text())
+    assert result["photos"] == 14 and result["faces_found"] >= 13
+    assert sum(c["photos"] for c in result["per_class"].values()) == 14
+    assert len(result["per_class"]) >= 5  # spread over the classes
+    assert sum(map(sum, result["confusion"])) == result["faces_found"]
+    assert 0 <= result["accuracy"] <= result["accuracy_found"] <= 1
