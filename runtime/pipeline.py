@@ -1,16 +1,20 @@
 """The pipeline: source -> detector -> cropper -> classifier -> tracker -> event -> publisher(s).
 
-It only wires stages together; building them and closing them is runtime.service's job. One frame at a time on
-the calling thread (the source decodes ahead in its own thread). Per frame the path reuses its buffers (gray
-frame, crops) and skips crop and classify when no face was found.
+It only wires stages together; building them and closing them is runtime.service's job. Three threads overlap:
+the source decodes ahead in its own thread, the calling thread detects and crops frame N+1 while a finisher thread
+classifies, tracks and publishes frame N (onnxruntime, OpenVINO and MediaPipe release the GIL, so on two cores the
+daemon runs at about the detector's own rate). Frames stay in order: the finisher takes them from a short FIFO.
+Crop and classify are skipped when no face was found.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +28,7 @@ from runtime.tracker import Tracker
 _NO_PROBS = np.zeros((0, 7), np.float32)
 POLL_S = 0.1  # longest a stop request waits for a silent source
 HEARTBEAT_S = 1.0  # how often on_heartbeat runs (the systemd watchdog ping) while frames flow
+HANDOFF = 2  # detected frames waiting for the finisher: enough to keep it busy, few enough to stay fresh
 
 
 @dataclass
@@ -35,6 +40,58 @@ class Counters:
     faces: int = 0  # faces reported (sum over frames)
     dropped: int = 0  # stale frames the source dropped (live sources), copied from the source
     skipped: int = 0  # non-image files skipped (image directories), copied from the source
+
+
+class Detected(NamedTuple):
+    """A frame between the two halves of the pipeline: detected and cropped, not yet classified."""
+
+    frame: Frame
+    detections: list
+    crops: np.ndarray  # uint8 (n, size, size), owned by this frame
+    picked_ns: int
+    detect_ms: float
+    crop_ms: float
+
+
+class _Finisher:
+    """The second half on its own thread: `submit(item)` in order; errors and ReaderGone surface in the caller."""
+
+    def __init__(self, finish: Callable[[Detected], object]) -> None:
+        self.finish = finish
+        self.queue: queue.Queue = queue.Queue(maxsize=HANDOFF)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="pipeline:finish", daemon=True)
+
+    def __enter__(self) -> _Finisher:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after an error: drain, so a blocked submit() returns
+                try:
+                    self.finish(item)
+                except BaseException as e:  # handed to the pipeline thread, which raises it
+                    self.error = e
+
+    def _put(self, item: Detected | None) -> None:
+        while self.thread.is_alive():
+            try:
+                self.queue.put(item, timeout=POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def submit(self, item: Detected) -> None:
+        if self.error is not None:
+            raise self.error
+        self._put(item)
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self._put(None)
+        self.thread.join()
+        if exc_type is None and self.error is not None:
+            raise self.error
 
 
 class Pipeline:
@@ -69,9 +126,19 @@ class Pipeline:
         self.on_heartbeat = on_heartbeat
         self.counters = Counters()
         self._gray: np.ndarray | None = None
-        self._crops = np.empty((0, cropper.size, cropper.size), np.uint8)
+        self._no_crops = np.empty((0, cropper.size, cropper.size), np.uint8)
 
-    def run(self) -> str:
+    def run(self, overlap: bool = True) -> str:
+        """overlap=False runs both halves on the calling thread, one frame at a time."""
+        if not overlap:
+            return self._loop(self.finish)
+        try:
+            with _Finisher(self.finish) as finisher:
+                return self._loop(finisher.submit)
+        except ReaderGone:
+            return "reader_gone"
+
+    def _loop(self, hand_off: Callable[[Detected], object]) -> str:
         next_beat = time.monotonic()
         stall_s = self.source.stall_timeout_s
         poll_s = min(POLL_S, stall_s)
@@ -89,7 +156,7 @@ class Pipeline:
                 return "eos"
             last_frame = time.monotonic()
             try:
-                self.process(frame)
+                hand_off(self.detect(frame))
             except ReaderGone:
                 return "reader_gone"
             if self.on_heartbeat is not None and last_frame >= next_beat:
@@ -98,7 +165,11 @@ class Pipeline:
         return "stopped"
 
     def process(self, frame: Frame) -> dict | None:
-        """One frame through every stage; returns its event (None if not emitted)."""
+        """One frame through every stage on the calling thread; returns its event (None if not emitted)."""
+        return self.finish(self.detect(frame))
+
+    def detect(self, frame: Frame) -> Detected:
+        """First half: faces and their crops."""
         image = frame.image
         h, w = image.shape[:2]
         picked_ns = time.monotonic_ns()
@@ -113,14 +184,20 @@ class Pipeline:
             if self._gray is None or self._gray.shape != (h, w):
                 self._gray = np.empty((h, w), np.uint8)
             to_gray(image, out=self._gray)
-            if len(self._crops) < n:
-                self._crops = np.empty((n, self.cropper.size, self.cropper.size), np.uint8)
-            crops = self.cropper.crop(self._gray, detections, out=self._crops[:n])
+            # a fresh array per frame: the finisher may still be classifying the previous frame's crops
+            crops = self.cropper.crop(self._gray, detections)
             t2 = time.perf_counter_ns()
-            probs = self.classifier.predict(crops)
         else:
-            t2 = t1
-            probs = _NO_PROBS
+            t2, crops = t1, self._no_crops
+        return Detected(frame, detections, crops, picked_ns, (t1 - t0) / 1e6, (t2 - t1) / 1e6)
+
+    def finish(self, item: Detected) -> dict | None:
+        """Second half: classify, track, annotate, build and publish the event."""
+        frame, detections = item.frame, item.detections
+        h, w = frame.image.shape[:2]
+        n = len(detections)
+        t2 = time.perf_counter_ns()
+        probs = self.classifier.predict(item.crops) if n else _NO_PROBS
         t3 = time.perf_counter_ns()
         if self.tracker is not None:
             faces = self.tracker.update(detections, probs)
@@ -129,9 +206,9 @@ class Pipeline:
         t4 = time.perf_counter_ns()
         latency = {
             "decode": frame.decode_ms,
-            "queue": max(0.0, (picked_ns - frame.capture_ns) / 1e6),  # waiting in the hand-off: total - queue = work
-            "detect": (t1 - t0) / 1e6,
-            "crop": (t2 - t1) / 1e6,
+            "queue": max(0.0, (item.picked_ns - frame.capture_ns) / 1e6),  # waiting for pick-up from the source
+            "detect": item.detect_ms,
+            "crop": item.crop_ms,
             "classify": (t3 - t2) / 1e6,
             "track": (t4 - t3) / 1e6,
             "total": 0.0,

@@ -148,3 +148,41 @@ def test_probabilities_are_finite_and_sum_to_one(test_video, detector_model, cla
     _, events, _ = run_events(open_source(str(test_video.path)), detector_model, classifier, emit_empty=False)
     probs = np.array([list(f["probs"].values()) for e in events for f in e["faces"]])
     assert np.isfinite(probs).all() and np.allclose(probs.sum(axis=1), 1.0, atol=2e-3)
+
+
+def test_overlapped_run_publishes_every_frame_in_order_like_a_sequential_run(test_video, detector_model, classifier):
+    _, overlapped, counters = run_events(open_source(str(test_video.path)), detector_model, classifier)
+    assert [e["frame"] for e in overlapped] == list(range(len(test_video.faces)))
+    assert [e["seq"] for e in overlapped] == list(range(len(overlapped)))
+    assert counters.frames == counters.events == len(overlapped)
+
+    import json
+
+    publisher = ListPublisher()
+    source = open_source(str(test_video.path))
+    pipeline, detector = make_pipeline(source, detector_model, classifier, publisher)
+    with source, detector:
+        assert pipeline.run(overlap=False) == "eos"
+    sequential = [json.loads(line) for line in publisher.lines]
+    assert [len(e["faces"]) for e in overlapped] == [len(e["faces"]) for e in sequential]
+
+
+class FailingClassifier:
+    """A real classifier that breaks on the fifth face: the error must reach the caller of run()."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls, self.model_id = inner, 0, inner.model_id
+
+    def predict(self, faces):
+        self.calls += 1
+        if self.calls == 5:
+            raise RuntimeError("classifier broke")
+        return self.inner.predict(faces)
+
+
+def test_an_error_on_the_finisher_thread_reaches_the_caller(test_video, detector_model, classifier):
+    source = open_source(str(test_video.path))
+    pipeline, detector = make_pipeline(source, detector_model, FailingClassifier(classifier), ListPublisher())
+    with source, detector, pytest.raises(RuntimeError, match="classifier broke"):
+        pipeline.run()
+    assert pipeline.counters.frames < len(test_video.faces)
