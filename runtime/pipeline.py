@@ -33,7 +33,8 @@ HANDOFF = 2  # detected frames waiting for the finisher: enough to keep it busy,
 
 @dataclass
 class Counters:
-    """Figures for stats events and the final summary; written by the pipeline thread only."""
+    """Figures for stats events and the final summary; written by one thread only (the finisher, or the calling
+    thread when run without overlap), read after run() returns."""
 
     frames: int = 0  # frames processed
     events: int = 0  # events published
