@@ -17,23 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.engines import DEFAULT_CHECKPOINT, EngineSpec, all_engines, make_classifier, write_result
+from benchmarks.engines import DATASETS, DEFAULT_CHECKPOINT, EngineSpec, all_engines, make_classifier, write_result
 from runtime.classifier import DEFAULT_MODEL_DIR
 from runtime.errors import UserError
 from runtime.preprocess import preprocess
+from trainer.data import load as load_faces
 
-FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
+FER_ZIP = DATASETS / "fer2013" / "fer2013.zip"
 BATCHES = (1, 8, 32)
 
 
 def sample_faces(n: int = 64) -> tuple[np.ndarray, str]:
     if FER_ZIP.is_file():
-        from trainer.data import load  # the train extra; fall back to random faces without it
-
-        try:
-            return load(FER_ZIP).split("PublicTest").images[:n], "FER2013 PublicTest"
-        except ImportError:
-            pass
+        return load_faces(FER_ZIP).split("PublicTest").images[:n], "FER2013 PublicTest"
     return np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8), "random"
 
 

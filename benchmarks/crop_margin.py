@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.engines import machine_facts
+from benchmarks.engines import DATASETS, DEFAULT_CHECKPOINT, REPO, machine_facts
 from runtime.crop import DEFAULT_CENTER, DEFAULT_MARGIN, FaceCropper, to_gray
 from runtime.detector import FaceDetector
 from runtime.detector_model import resolve_detector_model
@@ -33,8 +33,6 @@ from runtime.errors import UserError
 from runtime.labels import LABEL_INDEX, LABELS
 from runtime.preprocess import preprocess
 
-REPO = Path(__file__).resolve().parents[1]
-DATASETS = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "benchmarks" / "results"
 NLL_TIE = 0.005  # NLL differences below this are within what one checkpoint to the next moves
 BEST_RULE = f"lowest nll; among settings within {NLL_TIE} of it, highest mean_face_corr"
@@ -136,7 +134,7 @@ def contact_sheet(path: Path, wild: dict, labels: np.ndarray, fer, per_row: int 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.crop_margin", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default=str(REPO / "models" / "default" / "best.pt"), help="trainer checkpoint (.pt)")
+    ap.add_argument("--model", default=str(DEFAULT_CHECKPOINT), help="trainer checkpoint (.pt)")
     ap.add_argument("--data", default=str(DATASETS / "wild-faces" / "wild-faces.zip"), help="wild-faces zip")
     ap.add_argument("--fer", default=str(DATASETS / "fer2013" / "fer2013.zip"), help="FER2013 (mean face, examples)")
     ap.add_argument("--margins", default="0,0.1,0.15,0.2,0.25,0.3,0.45", help="comma-separated margins")

@@ -17,6 +17,7 @@ from runtime.classifier import DEFAULT_MODEL_DIR, Classifier, load_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "models" / "default" / "best.pt"
+DATASETS = REPO.parent / "shared" / "datasets"  # beside the repository, as CI runs it
 EXPORTED = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
 
 

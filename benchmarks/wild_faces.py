@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.engines import emotiond_command, write_result
+from benchmarks.engines import DATASETS, emotiond_command, write_result
 from runtime.errors import UserError
 from runtime.labels import LABEL_INDEX, LABELS
 
-WILD_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "wild-faces" / "wild-faces.zip"
+WILD_ZIP = DATASETS / "wild-faces" / "wild-faces.zip"
 
 
 def extract(zip_path: Path, folder: Path, limit: int | None) -> dict[str, int]:
