@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.classifier import DEFAULT_MODEL_DIR, Classifier, load_classifier
+from runtime.config import ClassifierConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "models" / "default" / "best.pt"
@@ -72,13 +73,17 @@ class TorchClassifier(Classifier):
         self.tta_flip = bool(ckpt.get("tta_flip", False)) if tta_flip is None else tta_flip
 
 
+DAEMON_TTA_FLIP = ClassifierConfig().tta_flip
+
+
 def make_classifier(
     engine: EngineSpec,
     threads: int,
     model_dir: Path = DEFAULT_MODEL_DIR,
     checkpoint: Path = DEFAULT_CHECKPOINT,
-    tta_flip: bool | None = None,
+    tta_flip: bool | None = DAEMON_TTA_FLIP,
 ) -> Classifier:
+    """A classifier as the daemon builds it (its default tta_flip unless told otherwise)."""
     if engine.backend == "pytorch":
         return TorchClassifier(checkpoint, threads, tta_flip)
     return load_classifier(model_dir, engine.backend, engine.precision, threads=threads, tta_flip=tta_flip)

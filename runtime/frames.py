@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
+
+
+class DetectorInput(NamedTuple):
+    """A frame made ready for the face detector (runtime.detector.detector_input), in the capture thread."""
+
+    rgb: np.ndarray  # RGB uint8 (h, w, 3), contiguous: the frame scaled down to the detector's input side
+    width: int  # of the part of the frame it shows, from the top left corner: all of it, or all but a few
+    height: int  # right and bottom edge pixels (runtime.detector.detector_input); detections map back through it
 
 
 @dataclass(slots=True)
@@ -14,7 +23,8 @@ class Frame:
     capture_ns: int  # time.monotonic_ns() when the frame was read: for latency maths
     wall_time: float  # time.time() when the frame was read: for people
     file: str | None = None  # stills: the image's path; None for streams
-    decode_ms: float = 0.0  # time spent reading/decoding this frame in the capture thread
+    decode_ms: float = 0.0  # time spent reading/decoding (and preparing) this frame in the capture thread
+    detector_input: DetectorInput | None = None  # prepared in the capture thread, if the source was given a prepare
 
 
 @dataclass(slots=True)

@@ -1,10 +1,11 @@
 """The pipeline: source -> detector -> cropper -> classifier -> tracker -> event -> publisher(s).
 
 It only wires stages together; building them and closing them is runtime.service's job. Three threads overlap:
-the source decodes ahead in its own thread, the calling thread detects and crops frame N+1 while a finisher thread
-classifies, tracks and publishes frame N (onnxruntime, OpenVINO and MediaPipe release the GIL, so on two cores the
-daemon runs at about the detector's own rate). Frames stay in order: the finisher takes them from a short FIFO.
-Crop and classify are skipped when no face was found.
+the source decodes (and scales for the detector) ahead in its own thread, the calling thread runs only the face
+detector on frame N+1 while a finisher thread crops, classifies, tracks and publishes frame N. The detector is
+the critical path, so the two helpers run at a lower priority (runtime.priority); onnxruntime, OpenVINO and
+MediaPipe release the GIL. Frames stay in order: the finisher takes them from a short FIFO. Crop and classify are
+skipped when no face was found.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.crop import FaceCropper, to_gray
+from runtime.crop import FaceCropper
 from runtime.events import EventBuilder, encode
 from runtime.frames import Face, Frame
+from runtime.priority import lower_this_thread
 from runtime.publishers import Publisher, ReaderGone
 from runtime.sources import Source, SourceStalled
 from runtime.tracker import Tracker
@@ -44,14 +46,12 @@ class Counters:
 
 
 class Detected(NamedTuple):
-    """A frame between the two halves of the pipeline: detected and cropped, not yet classified."""
+    """A frame between the two halves of the pipeline: faces found, not yet cropped or classified."""
 
     frame: Frame
     detections: list
-    crops: np.ndarray  # uint8 (n, size, size), owned by this frame
     picked_ns: int
     detect_ms: float
-    crop_ms: float
 
 
 class _Finisher:
@@ -68,6 +68,7 @@ class _Finisher:
         return self
 
     def _run(self) -> None:
+        lower_this_thread()
         while (item := self.queue.get()) is not None:
             if self.error is None:  # after an error: drain, so a blocked submit() returns
                 try:
@@ -105,7 +106,7 @@ class Pipeline:
     def __init__(
         self,
         source: Source,
-        detector,  # runtime.detector.FaceDetector, or anything with .detect(image, timestamp_ms)
+        detector,  # runtime.detector.FaceDetector, or anything with its prepare(image), detect_input(prepared, ts)
         cropper: FaceCropper,
         classifier,  # runtime.classifier.Classifier, or anything with .predict(faces_u8) -> (N, 7)
         tracker: Tracker | None,
@@ -126,8 +127,6 @@ class Pipeline:
         self.stop = stop or threading.Event()
         self.on_heartbeat = on_heartbeat
         self.counters = Counters()
-        self._gray: np.ndarray | None = None
-        self._no_crops = np.empty((0, cropper.size, cropper.size), np.uint8)
 
     def run(self, overlap: bool = True) -> str:
         """overlap=False runs both halves on the calling thread, one frame at a time."""
@@ -170,35 +169,26 @@ class Pipeline:
         return self.finish(self.detect(frame))
 
     def detect(self, frame: Frame) -> Detected:
-        """First half: faces and their crops."""
-        image = frame.image
-        h, w = image.shape[:2]
+        """First half: the faces (MediaPipe), on a frame the source prepared for it in its capture thread."""
         picked_ns = time.monotonic_ns()
         t0 = time.perf_counter_ns()
-        if self.source.stills:
-            detections = self.detector.detect(image)
-        else:
-            detections = self.detector.detect(image, frame.capture_ns // 1_000_000)
-        t1 = time.perf_counter_ns()
-        n = len(detections)
-        if n:
-            if self._gray is None or self._gray.shape != (h, w):
-                self._gray = np.empty((h, w), np.uint8)
-            to_gray(image, out=self._gray)
-            # a fresh array per frame: the finisher may still be classifying the previous frame's crops
-            crops = self.cropper.crop(self._gray, detections)
-            t2 = time.perf_counter_ns()
-        else:
-            t2, crops = t1, self._no_crops
-        return Detected(frame, detections, crops, picked_ns, (t1 - t0) / 1e6, (t2 - t1) / 1e6)
+        prepared = frame.detector_input if frame.detector_input is not None else self.detector.prepare(frame.image)
+        timestamp_ms = None if self.source.stills else frame.capture_ns // 1_000_000
+        detections = self.detector.detect_input(prepared, timestamp_ms)
+        return Detected(frame, detections, picked_ns, (time.perf_counter_ns() - t0) / 1e6)
 
     def finish(self, item: Detected) -> dict | None:
-        """Second half: classify, track, annotate, build and publish the event."""
+        """Second half: crop, classify, track, annotate, build and publish the event."""
         frame, detections = item.frame, item.detections
         h, w = frame.image.shape[:2]
         n = len(detections)
-        t2 = time.perf_counter_ns()
-        probs = self.classifier.predict(item.crops) if n else _NO_PROBS
+        t1 = time.perf_counter_ns()
+        if n:
+            crops = self.cropper.crop(frame.image, detections)
+            t2 = time.perf_counter_ns()
+            probs = self.classifier.predict(crops)
+        else:
+            t2, probs = t1, _NO_PROBS
         t3 = time.perf_counter_ns()
         if self.tracker is not None:
             faces = self.tracker.update(detections, probs)
@@ -209,7 +199,7 @@ class Pipeline:
             "decode": frame.decode_ms,
             "queue": max(0.0, (item.picked_ns - frame.capture_ns) / 1e6),  # waiting for pick-up from the source
             "detect": item.detect_ms,
-            "crop": item.crop_ms,
+            "crop": (t2 - t1) / 1e6,
             "classify": (t3 - t2) / 1e6,
             "track": (t4 - t3) / 1e6,
             "total": 0.0,

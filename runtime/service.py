@@ -11,6 +11,7 @@ mode needs a fresh graph then).
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import sys
 import threading
@@ -85,16 +86,16 @@ def run(config: Config, stop: threading.Event | None = None, log=sys.stderr) -> 
     Stages that a user's mistake can break (publisher spec, source, model, annotate path) are built before the
     face detector, so such an error surfaces before MediaPipe starts (and prints its own log lines).
     """
-    from runtime.detector import FaceDetector  # imports mediapipe: only when running
+    from runtime.detector import FaceDetector, detector_input  # imports mediapipe: only when running
     from runtime.detector_model import resolve_detector_model
 
     stop = stop or threading.Event()
     with stop_on_signals(stop), contextlib.ExitStack() as stack:
         publisher = stack.enter_context(make_publisher(config.output.publishers))
-        s = config.source
+        s, d = config.source, config.detector
         source = open_source(
             s.uri, live=s.live, realtime=s.realtime, width=s.width, height=s.height, fps=s.fps,
-            stall_timeout_s=s.stall_timeout_s,
+            stall_timeout_s=s.stall_timeout_s, prepare=functools.partial(detector_input, input_side=d.input_side),
         )  # fmt: skip
         stack.callback(source.close)
         classifier = _load_classifier(config)
@@ -108,8 +109,9 @@ def run(config: Config, stop: threading.Event | None = None, log=sys.stderr) -> 
             FaceDetector(
                 detector_model,
                 mode="image" if source.stills else "video",
-                min_confidence=config.detector.min_confidence,
-                max_faces=config.detector.max_faces,
+                min_confidence=d.min_confidence,
+                max_faces=d.max_faces,
+                input_side=d.input_side,
             )
         )
         t = config.tracking

@@ -7,6 +7,8 @@ Capture runs in its own thread so decoding overlaps detection. Between that thre
 
 Opening happens in the caller's thread (`open_source`), so a bad source fails before anything starts.
 OpenCV's timeouts only cover opening a stream, not each read: `Source.read(timeout)` is our watchdog.
+A source given `prepare` (the detector's `detector_input`) runs it on each frame in the capture thread too, so
+the scaling and colour conversion overlap detection instead of adding to it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from runtime.errors import UserError
-from runtime.frames import Frame
+from runtime.frames import DetectorInput, Frame
+from runtime.priority import lower_this_thread
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"}
@@ -81,8 +84,15 @@ class Source(ABC):
     live: bool = False
     stills: bool = False  # independent images: no tracking, detector in image mode
 
-    def __init__(self, uri: str, live: bool, stall_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        uri: str,
+        live: bool,
+        stall_timeout_s: float = 10.0,
+        prepare: Callable[[np.ndarray], DetectorInput] | None = None,
+    ) -> None:
         self.uri = uri
+        self.prepare = prepare
         self.live = live
         self.stall_timeout_s = stall_timeout_s
         self.fps: float | None = None
@@ -148,12 +158,21 @@ class Source(ABC):
     # -- capture thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        lower_this_thread()  # the detector's thread comes first: runtime.priority
         try:
             self._capture()
         except BaseException as e:  # handed to the consumer, which raises it from read()
             self._error = e if isinstance(e, UserError) else UserError(f"source {self.uri} failed: {e}")
         finally:
             self._deliver(_END)
+
+    def _frame(self, image: np.ndarray, index: int, t0_ns: int, file: str | None = None) -> Frame:
+        """The Frame record of an image just decoded (and prepared for the detector, if asked); t0_ns: when
+        reading it began (perf_counter_ns)."""
+        capture_ns = time.monotonic_ns()
+        prepared = self.prepare(image) if self.prepare is not None else None
+        decode_ms = (time.perf_counter_ns() - t0_ns) / 1e6
+        return Frame(image, index, capture_ns, time.time(), file=file, decode_ms=decode_ms, detector_input=prepared)
 
     def _deliver(self, item: object) -> bool:
         """Hand one item to the pipeline; False once stopping. Files block on a full queue (nothing is lost)."""
@@ -179,14 +198,14 @@ class Source(ABC):
 class VideoSource(Source):
     """cv2.VideoCapture: webcam (index or /dev/videoN), video file, or stream URL."""
 
-    def __init__(self, uri: str, kind: str, live: bool, realtime: bool = False, **opts) -> None:
-        super().__init__(uri, live, opts.get("stall_timeout_s", 10.0))
+    def __init__(self, uri: str, kind: str, live: bool, realtime: bool = False, prepare=None, **opts) -> None:
+        super().__init__(uri, live, opts.get("stall_timeout_s", 10.0), prepare)
         self.kind = kind
         self.realtime = realtime
         self._cap = _open_capture(uri, kind, opts)
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
-        self._first: tuple[np.ndarray, float] | None = None
+        self._first: tuple[np.ndarray, int] | None = None  # read at open time, and its decode time in ns
         if kind == "file":
             # A file that exists but yields no frame (corrupt, empty, not a video) fails here, not mid-run.
             t0 = time.perf_counter_ns()
@@ -194,33 +213,31 @@ class VideoSource(Source):
             if not ok or image is None:
                 self._cap.release()
                 raise UserError(f"cannot decode any frame from {uri} (corrupt or not a video file)")
-            self._first = (image, (time.perf_counter_ns() - t0) / 1e6)
+            self._first = (image, time.perf_counter_ns() - t0)
 
     def _capture(self) -> None:
         cap, index = self._cap, 0
         pace = 1.0 / self.fps if (self.realtime and self.kind == "file" and self.fps) else 0.0
         start = time.monotonic()
         while not self._stop.is_set():
+            t0 = time.perf_counter_ns()
             if self._first is not None:
-                (image, decode_ms), self._first = self._first, None
-                capture_ns = time.monotonic_ns()
+                (image, first_ns), self._first = self._first, None
+                t0 -= first_ns
             else:
-                t0 = time.perf_counter_ns()
                 ok, image = cap.read()  # a fresh array per frame: the previous one may still be in the pipeline
-                capture_ns = time.monotonic_ns()
-                decode_ms = (time.perf_counter_ns() - t0) / 1e6
                 if not ok or image is None:
                     if self.kind == "file":
                         return  # end of the file
-                    if decode_ms >= 0.9e3 * self.stall_timeout_s:  # FFmpeg's read timeout ended a silent read
+                    if time.perf_counter_ns() - t0 >= 0.9e9 * self.stall_timeout_s:  # FFmpeg's read timeout
                         raise SourceStalled(f"source {self.uri} stalled: no frame for {self.stall_timeout_s:g} s")
                     raise UserError(f"source {self.uri} ended or was lost")
+            frame = self._frame(image, index, t0)
             if pace:  # the file's own clock: frame i is due at start + i/fps
                 delay = start + index * pace - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     return
-                capture_ns = time.monotonic_ns()
-            frame = Frame(image=image, index=index, capture_ns=capture_ns, wall_time=time.time(), decode_ms=decode_ms)
+                frame.capture_ns, frame.wall_time = time.monotonic_ns(), time.time()
             if not self._deliver(frame):
                 return
             index += 1
@@ -236,8 +253,10 @@ class ImageSource(Source):
 
     stills = True
 
-    def __init__(self, uri: str, paths: list[Path], skipped: int = 0, stall_timeout_s: float = 10.0) -> None:
-        super().__init__(uri, live=False, stall_timeout_s=stall_timeout_s)
+    def __init__(
+        self, uri: str, paths: list[Path], skipped: int = 0, stall_timeout_s: float = 10.0, prepare=None
+    ) -> None:
+        super().__init__(uri, live=False, stall_timeout_s=stall_timeout_s, prepare=prepare)
         self.paths = paths
         self.skipped = skipped
 
@@ -248,22 +267,13 @@ class ImageSource(Source):
                 return
             t0 = time.perf_counter_ns()
             image = _imread(path)
-            capture_ns = time.monotonic_ns()
             if image is None:
                 if len(self.paths) == 1:
                     raise UserError(f"cannot decode image {path}")
                 self.skipped += 1  # named on stderr: the user should know which file was left out
                 print(f"emotiond: skipped {path}: not a decodable image", file=sys.stderr)
                 continue
-            frame = Frame(
-                image=image,
-                index=index,
-                capture_ns=capture_ns,
-                wall_time=time.time(),
-                file=str(path),
-                decode_ms=(time.perf_counter_ns() - t0) / 1e6,
-            )
-            if not self._deliver(frame):
+            if not self._deliver(self._frame(image, index, t0, str(path))):
                 return
             index += 1
             self.captured = index
@@ -341,21 +351,23 @@ def open_source(
     height: int | None = None,
     fps: float | None = None,
     stall_timeout_s: float = 10.0,
+    prepare: Callable[[np.ndarray], DetectorInput] | None = None,
 ) -> Source:
     """The source for `uri`, opened (errors raise UserError here) but not started: `with open_source(...) as src`.
 
     live=None: cameras and URLs are live (latest frame wins), files are not (every frame). live=True on a file
     plays it like a camera, which benchmarks and tests use to show that stale frames are dropped.
+    prepare: run on each frame in the capture thread, the result kept as Frame.detector_input.
     """
     kind = source_kind(uri)
     if kind in ("images", "image"):
         if kind == "image":
-            return ImageSource(uri, [Path(uri).expanduser()], stall_timeout_s=stall_timeout_s)
+            return ImageSource(uri, [Path(uri).expanduser()], stall_timeout_s=stall_timeout_s, prepare=prepare)
         images, skipped = list_images(Path(uri).expanduser())
         if not images:
             raise UserError(f"no images in directory {uri} ({skipped} other file{'s' if skipped != 1 else ''})")
-        return ImageSource(uri, images, skipped, stall_timeout_s=stall_timeout_s)
+        return ImageSource(uri, images, skipped, stall_timeout_s=stall_timeout_s, prepare=prepare)
     is_live = kind in ("webcam", "url") if live is None else live
     return VideoSource(
-        uri, kind, is_live, realtime, width=width, height=height, fps=fps, stall_timeout_s=stall_timeout_s
+        uri, kind, is_live, realtime, prepare, width=width, height=height, fps=fps, stall_timeout_s=stall_timeout_s
     )

@@ -98,6 +98,7 @@ BAD_CONFIGS = {
     "unknown key": ("source:\n  uri: clip.mp4\n  realtiem: true\n", ["unknown key", "source.realtiem"]),
     "wrong type": ("classifier:\n  threads: two\n", ["classifier.threads", "integer"]),
     "out of range": ("detector:\n  min_confidence: 1.5\n", ["detector.min_confidence", "less than or equal to 1"]),
+    "input too small": ("detector:\n  input_side: 64\n", ["detector.input_side", "greater than or equal to 128"]),
     "bad choice": ("classifier:\n  backend: tensorflow\n", ["classifier.backend", "onnxruntime"]),
     "unknown section": ("sorce:\n  uri: 0\n", ["unknown key", "sorce"]),
     "not yaml": ("source: [unclosed\n", ["not valid YAML"]),

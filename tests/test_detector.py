@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from runtime import detector_model
-from runtime.detector import FaceDetector
+from runtime.detector import FaceDetector, detector_input
 from runtime.detector_model import (
     DETECTOR_FILENAME,
     DETECTOR_SHA256,
@@ -180,3 +180,52 @@ def test_bad_settings_are_user_errors(model_path):
         FaceDetector(model_path, "image", min_confidence=1.5)
     with pytest.raises(UserError, match="max faces"):
         FaceDetector(model_path, "image", max_faces=0)
+
+
+@pytest.mark.parametrize(
+    ("size", "shown", "seen"),
+    [
+        ((640, 480), (640, 480), (128, 96)),  # a whole factor of 5: nothing left out
+        ((1280, 720), (1280, 720), (128, 72)),
+        ((643, 482), (640, 480), (128, 96)),  # the 3 + 2 edge pixels that do not fill a 5x5 block are left out
+        ((300, 400), (300, 399), (100, 133)),  # portrait: the longer side decides
+        ((200, 120), (200, 120), (200, 120)),  # under twice the input side: only turned RGB
+    ],
+)
+def test_detector_input_shrinks_by_a_whole_factor_towards_128_px(size, shown, seen):
+    w, h = size
+    bgr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    prepared = detector_input(bgr)
+    assert (prepared.width, prepared.height) == shown
+    assert prepared.rgb.shape == (seen[1], seen[0], 3) and prepared.rgb.flags.c_contiguous
+    k = shown[0] // seen[0]
+    block = bgr[:k, :k].reshape(-1, 3).mean(axis=0)[::-1]  # area average of the first block, RGB
+    assert np.abs(prepared.rgb[0, 0] - block).max() <= 1
+    assert np.array_equal(detector_input(bgr, None).rgb, bgr[..., ::-1])
+
+
+def test_a_shrunk_frame_gives_the_same_faces_in_frame_pixels(model_path, photos):
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    canvas[40:400, 150:510] = cv2.resize(photos[2], (360, 360))
+    with FaceDetector(model_path, "image", input_side=None) as full, FaceDetector(model_path, "image") as shrunk:
+        (a,) = full.detect(canvas)
+        (b,) = shrunk.detect(canvas)
+    eye_dist = float(np.linalg.norm(a.keypoints[1] - a.keypoints[0]))
+    assert np.abs(a.keypoints - b.keypoints).max() < 0.1 * eye_dist  # same face, same place, frame pixels
+    assert np.abs(np.subtract(a.box, b.box)).max() < 0.1 * a.box[2]
+    assert b.box[0] + b.box[2] <= 640 and b.box[1] + b.box[3] <= 480
+
+
+def test_shrinking_first_finds_small_faces_that_mediapipes_own_resize_misses(model_path, photos):
+    # Eight 150 px faces on a 640x480 frame, as in the benchmarks' crowded clip.
+    canvas = np.full((480, 640, 3), 90, np.uint8)
+    for k in range(8):
+        x, y = 4 + (k % 4) * 159, 60 + (k // 4) * 210
+        canvas[y : y + 150, x : x + 150] = cv2.resize(photos[k % len(photos)], (150, 150))
+    with FaceDetector(model_path, "image", input_side=None) as full, FaceDetector(model_path, "image") as shrunk:
+        assert len(shrunk.detect(canvas)) > len(full.detect(canvas))
+
+
+def test_input_side_below_the_models_input_is_a_user_error(model_path):
+    with pytest.raises(UserError, match="input side"):
+        FaceDetector(model_path, "image", input_side=64)

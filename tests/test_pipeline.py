@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,3 +187,38 @@ def test_an_error_on_the_finisher_thread_reaches_the_caller(test_video, detector
     with source, detector, pytest.raises(RuntimeError, match="classifier broke"):
         pipeline.run()
     assert pipeline.counters.frames < len(test_video.faces)
+
+
+class PriorityRecordingClassifier:
+    """The real classifier, noting the nice value of the thread that calls it (the finisher)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.model_id, self.nice = inner, inner.model_id, None
+
+    def predict(self, faces):
+        self.nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return self.inner.predict(faces)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_capture_prepares_frames_and_helpers_run_below_the_detector_thread(test_video, detector_model, classifier):
+    from runtime.detector import detector_input
+    from runtime.priority import HELPER_NICE
+
+    capture: dict[str, int] = {}
+
+    def prepare(image):
+        capture.setdefault("thread", threading.get_native_id())
+        capture.setdefault("nice", os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return detector_input(image)
+
+    own_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    recorder = PriorityRecordingClassifier(classifier)
+    source = open_source(str(test_video.path), prepare=prepare)
+    pipeline, detector = make_pipeline(source, detector_model, recorder, ListPublisher())
+    with source, detector:
+        assert pipeline.run() == "eos"
+    assert capture["thread"] != threading.get_native_id()  # prepared in the capture thread, not the detector's
+    assert capture["nice"] == recorder.nice == min(19, own_nice + HELPER_NICE)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_nice  # the caller keeps its own
+    assert pipeline.counters.faces >= 0.98 * sum(test_video.faces)
