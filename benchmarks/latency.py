@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_runs(runs)
     print(f"daemon vs bare decode+detect loop: {daemon['daemon_fps']} vs {daemon['bare_loop_fps']} frames/s, "
-          f"ratio {daemon['ratio']} (vs the loop fed frames shrunk to {INPUT_SIDE} px like the daemon's: "
+          f"ratio {daemon['ratio']} (vs the loop fed frames halved towards {INPUT_SIDE} px like the daemon's: "
           f"{daemon['bare_loop_shrunk_fps']} frames/s, ratio {daemon['ratio_to_shrunk']})")  # fmt: skip
     print(f"live source fed too fast: {live['processed']} processed, {live['dropped']} dropped; capture-to-publish "
           f"p50 {live['capture_to_publish_p50_first_third_ms']} ms (first third) vs "

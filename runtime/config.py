@@ -56,12 +56,19 @@ class DetectorConfig(_Section):
     )
     min_confidence: float = Field(0.5, ge=0, le=1, description="Faces scored below this are ignored.")
     max_faces: int = Field(8, ge=1, description="At most this many faces per frame (best scores first).")
+    workers: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Face detectors working on consecutive frames at once, a thread each: one MediaPipe detector "
+        "leaves the CPU idle much of its time; two detect about 1.8x the frames of one on two cores.",
+    )
     input_side: int | None = Field(
         128,
         ge=128,
-        description="Before detection the frame is shrunk (area averaging, by a whole factor) while its longer "
-        "side stays at least this many pixels: BlazeFace sees 128x128 anyway, and MediaPipe's own resize misses "
-        "small faces. null: full size.",
+        description="Before detection the frame is halved (area averaging) while its longer side stays at least "
+        "this many pixels (640x480 -> 160x120): BlazeFace sees 128x128 anyway, and MediaPipe's own resize of a "
+        "large frame misses small faces. null: full size.",
     )
 
 

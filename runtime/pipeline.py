@@ -1,16 +1,15 @@
 """The pipeline: source -> detector -> cropper -> classifier -> tracker -> event -> publisher(s).
 
-It only wires stages together; building them and closing them is runtime.service's job. Three threads overlap:
-the source decodes (and scales for the detector) ahead in its own thread, the calling thread runs only the face
-detector on frame N+1 while a finisher thread crops, classifies, tracks and publishes frame N. The detector is
-the critical path, so the two helpers run at a lower priority (runtime.priority); onnxruntime, OpenVINO and
-MediaPipe release the GIL. Frames stay in order: the finisher takes them from a short FIFO. Crop and classify are
-skipped when no face was found.
+It only wires stages together; building them and closing them is runtime.service's job. The stages overlap
+(runtime.workers): the source decodes (and scales for the detector) ahead in its own thread, the calling thread
+hands each frame to one of the face detectors (a thread each, working on consecutive frames at once), and a
+finisher thread crops, classifies, tracks and publishes the frames in order. Detection is the critical path, so
+the capture and finisher threads run at a lower priority (runtime.priority); onnxruntime, OpenVINO and MediaPipe
+release the GIL. Crop and classify are skipped when no face was found.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -22,15 +21,15 @@ import numpy as np
 from runtime.crop import FaceCropper
 from runtime.events import EventBuilder, encode
 from runtime.frames import Face, Frame
-from runtime.priority import lower_this_thread
 from runtime.publishers import Publisher, ReaderGone
 from runtime.sources import Source, SourceStalled
 from runtime.tracker import Tracker
+from runtime.workers import DetectorPool, Finisher
 
 _NO_PROBS = np.zeros((0, 7), np.float32)
 POLL_S = 0.1  # longest a stop request waits for a silent source
 HEARTBEAT_S = 1.0  # how often on_heartbeat runs (the systemd watchdog ping) while frames flow
-HANDOFF = 2  # detected frames waiting for the finisher: enough to keep it busy, few enough to stay fresh
+HANDOFF = 2  # frames between the detectors and the finisher beyond one per detector: few, so they stay fresh
 
 
 @dataclass
@@ -54,59 +53,18 @@ class Detected(NamedTuple):
     detect_ms: float
 
 
-class _Finisher:
-    """The second half on its own thread: `submit(item)` in order; errors and ReaderGone surface in the caller."""
-
-    def __init__(self, finish: Callable[[Detected], object]) -> None:
-        self.finish = finish
-        self.queue: queue.Queue = queue.Queue(maxsize=HANDOFF)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="pipeline:finish", daemon=True)
-
-    def __enter__(self) -> _Finisher:
-        self.thread.start()
-        return self
-
-    def _run(self) -> None:
-        lower_this_thread()
-        while (item := self.queue.get()) is not None:
-            if self.error is None:  # after an error: drain, so a blocked submit() returns
-                try:
-                    self.finish(item)
-                except BaseException as e:  # handed to the pipeline thread, which raises it
-                    self.error = e
-
-    def _put(self, item: Detected | None) -> None:
-        while self.thread.is_alive():
-            try:
-                self.queue.put(item, timeout=POLL_S)
-                return
-            except queue.Full:
-                continue
-
-    def submit(self, item: Detected) -> None:
-        if self.error is not None:
-            raise self.error
-        self._put(item)
-
-    def __exit__(self, exc_type, *exc: object) -> None:
-        self._put(None)
-        self.thread.join()
-        if exc_type is None and self.error is not None:
-            raise self.error
-
-
 class Pipeline:
     """`Pipeline(...).run()` processes frames until the end of the stream, a stop request or the reader leaving.
 
     Returns why it stopped: "eos", "stopped" or "reader_gone". Stills (source.stills) are independent: the
-    detector must be in image mode, and no tracker runs (faces get no id and unsmoothed probabilities).
+    detectors must be in image mode, and no tracker runs (faces get no id and unsmoothed probabilities).
+    `detector` is one detector or a list of them (each used by one thread at a time).
     """
 
     def __init__(
         self,
         source: Source,
-        detector,  # runtime.detector.FaceDetector, or anything with its prepare(image), detect_input(prepared, ts)
+        detector,  # runtime.detector.FaceDetector (or a list): prepare(image), detect_input(prepared, timestamp_ms)
         cropper: FaceCropper,
         classifier,  # runtime.classifier.Classifier, or anything with .predict(faces_u8) -> (N, 7)
         tracker: Tracker | None,
@@ -117,7 +75,7 @@ class Pipeline:
         on_heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.source = source
-        self.detector = detector
+        self.detectors = list(detector) if isinstance(detector, list | tuple) else [detector]
         self.cropper = cropper
         self.classifier = classifier
         self.tracker = None if source.stills else tracker
@@ -129,16 +87,18 @@ class Pipeline:
         self.counters = Counters()
 
     def run(self, overlap: bool = True) -> str:
-        """overlap=False runs both halves on the calling thread, one frame at a time."""
+        """overlap=False runs every stage on the calling thread, one frame at a time, with the first detector."""
         if not overlap:
-            return self._loop(self.finish)
+            return self._loop(self.process)
+        backlog = len(self.detectors) + HANDOFF
         try:
-            with _Finisher(self.finish) as finisher:
-                return self._loop(finisher.submit)
+            # The finisher exits first: it still waits for the frames the detectors are working on.
+            with DetectorPool(self.detectors, self.detect) as pool, Finisher(self.finish, backlog) as finisher:
+                return self._loop(lambda frame: finisher.submit(pool.submit(frame)))
         except ReaderGone:
             return "reader_gone"
 
-    def _loop(self, hand_off: Callable[[Detected], object]) -> str:
+    def _loop(self, hand_off: Callable[[Frame], object]) -> str:
         next_beat = time.monotonic()
         stall_s = self.source.stall_timeout_s
         poll_s = min(POLL_S, stall_s)
@@ -156,7 +116,7 @@ class Pipeline:
                 return "eos"
             last_frame = time.monotonic()
             try:
-                hand_off(self.detect(frame))
+                hand_off(frame)
             except ReaderGone:
                 return "reader_gone"
             if self.on_heartbeat is not None and last_frame >= next_beat:
@@ -168,13 +128,15 @@ class Pipeline:
         """One frame through every stage on the calling thread; returns its event (None if not emitted)."""
         return self.finish(self.detect(frame))
 
-    def detect(self, frame: Frame) -> Detected:
-        """First half: the faces (MediaPipe), on a frame the source prepared for it in its capture thread."""
+    def detect(self, frame: Frame, detector=None) -> Detected:
+        """First half: the faces (MediaPipe; the first detector unless told), on a frame the source prepared for
+        it in its capture thread."""
+        detector = self.detectors[0] if detector is None else detector
         picked_ns = time.monotonic_ns()
         t0 = time.perf_counter_ns()
-        prepared = frame.detector_input if frame.detector_input is not None else self.detector.prepare(frame.image)
+        prepared = frame.detector_input if frame.detector_input is not None else detector.prepare(frame.image)
         timestamp_ms = None if self.source.stills else frame.capture_ns // 1_000_000
-        detections = self.detector.detect_input(prepared, timestamp_ms)
+        detections = detector.detect_input(prepared, timestamp_ms)
         return Detected(frame, detections, picked_ns, (time.perf_counter_ns() - t0) / 1e6)
 
     def finish(self, item: Detected) -> dict | None:
@@ -197,7 +159,7 @@ class Pipeline:
         t4 = time.perf_counter_ns()
         latency = {
             "decode": frame.decode_ms,
-            "queue": max(0.0, (item.picked_ns - frame.capture_ns) / 1e6),  # waiting for pick-up from the source
+            "queue": max(0.0, (item.picked_ns - frame.capture_ns) / 1e6),  # waiting for a free detector
             "detect": item.detect_ms,
             "crop": (t2 - t1) / 1e6,
             "classify": (t3 - t2) / 1e6,

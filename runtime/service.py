@@ -1,7 +1,7 @@
 """The daemon's lifecycle in one place: build every stage from the Config, run the pipeline, close in reverse order.
 
 Signals only set the stop event; the pipeline sees it within ~0.1 s and returns, and the ExitStack then closes
-the stages in reverse order of building (annotator, detector, source thread, publishers) whether the run ended
+the stages in reverse order of building (detectors, annotator, source thread, publishers) whether the run ended
 normally or with an error. systemd hears READY=1 once everything is up, WATCHDOG=1 while frames flow and
 STOPPING=1 at the end; outside systemd those calls do nothing. A reload will slot in as: stop the pipeline,
 close the stack, build again from the new Config (a new detector after every source re-open: MediaPipe's video
@@ -105,19 +105,22 @@ def run(config: Config, stop: threading.Event | None = None, log=sys.stderr) -> 
             from runtime.annotate import Annotator
 
             annotator = stack.enter_context(Annotator(config.output.annotate, stills=source.stills, fps=source.fps))
-        detector = stack.enter_context(
-            FaceDetector(
-                detector_model,
-                mode="image" if source.stills else "video",
-                min_confidence=d.min_confidence,
-                max_faces=d.max_faces,
-                input_side=d.input_side,
+        detectors = [
+            stack.enter_context(
+                FaceDetector(
+                    detector_model,
+                    mode="image" if source.stills else "video",
+                    min_confidence=d.min_confidence,
+                    max_faces=d.max_faces,
+                    input_side=d.input_side,
+                )
             )
-        )
+            for _ in range(d.workers)
+        ]
         t = config.tracking
         pipeline = Pipeline(
             source=source,
-            detector=detector,
+            detector=detectors,
             cropper=FaceCropper(margin=DEFAULT_MARGIN if config.crop.margin is None else config.crop.margin),
             classifier=classifier,
             tracker=Tracker(iou_threshold=t.iou_threshold, max_missed=t.max_missed, smoothing=t.smoothing),

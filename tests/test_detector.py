@@ -185,14 +185,15 @@ def test_bad_settings_are_user_errors(model_path):
 @pytest.mark.parametrize(
     ("size", "shown", "seen"),
     [
-        ((640, 480), (640, 480), (128, 96)),  # a whole factor of 5: nothing left out
-        ((1280, 720), (1280, 720), (128, 72)),
-        ((643, 482), (640, 480), (128, 96)),  # the 3 + 2 edge pixels that do not fill a 5x5 block are left out
-        ((300, 400), (300, 399), (100, 133)),  # portrait: the longer side decides
+        ((640, 480), (640, 480), (160, 120)),  # halved twice: 320 would still be >= 2 x 128
+        ((1280, 720), (1280, 720), (160, 90)),
+        ((1920, 1080), (1920, 1080), (240, 135)),
+        ((643, 482), (640, 480), (160, 120)),  # the 3 + 2 edge pixels that do not fill a 4x4 block are left out
+        ((300, 400), (300, 400), (150, 200)),  # portrait: the longer side decides
         ((200, 120), (200, 120), (200, 120)),  # under twice the input side: only turned RGB
     ],
 )
-def test_detector_input_shrinks_by_a_whole_factor_towards_128_px(size, shown, seen):
+def test_detector_input_halves_the_frame_towards_128_px(size, shown, seen):
     w, h = size
     bgr = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     prepared = detector_input(bgr)

@@ -222,3 +222,57 @@ def test_capture_prepares_frames_and_helpers_run_below_the_detector_thread(test_
     assert capture["nice"] == recorder.nice == min(19, own_nice + HELPER_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own_nice  # the caller keeps its own
     assert pipeline.counters.faces >= 0.98 * sum(test_video.faces)
+
+
+class FailingDetector:
+    """A real detector that breaks on its third frame: the error must reach the caller of run()."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, 0
+
+    def prepare(self, image):
+        return self.inner.prepare(image)
+
+    def detect_input(self, prepared, timestamp_ms=None):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("detector broke")
+        return self.inner.detect_input(prepared, timestamp_ms)
+
+
+def test_two_detectors_give_the_faces_of_one_in_frame_order(test_video, detector_model, classifier):
+    import json
+
+    from runtime.pipeline import Pipeline
+
+    def run(n_detectors: int, overlap: bool) -> list[dict]:
+        publisher = ListPublisher()
+        source = open_source(str(test_video.path))
+        detectors = [FaceDetector(detector_model, "video") for _ in range(n_detectors)]
+        pipeline = Pipeline(source, detectors, FaceCropper(), classifier, Tracker(), EventBuilder("t", "c", "m"),
+                            publisher)  # fmt: skip
+        with source:
+            assert pipeline.run(overlap=overlap) == "eos"
+        for d in detectors:
+            d.close()
+        return [json.loads(line) for line in publisher.lines]
+
+    one, two = run(1, overlap=False), run(2, overlap=True)
+    assert [e["frame"] for e in two] == list(range(len(test_video.faces)))
+    assert [e["seq"] for e in two] == list(range(len(two)))
+    for a, b in zip(one, two, strict=True):  # MediaPipe's video mode keeps no state that splitting frames changes
+        assert [f["box"] for f in a["faces"]] == [f["box"] for f in b["faces"]]
+        assert [f["id"] for f in a["faces"]] == [f["id"] for f in b["faces"]]
+
+
+def test_an_error_on_a_detector_thread_reaches_the_caller(test_video, detector_model, classifier):
+    from runtime.pipeline import Pipeline
+
+    source = open_source(str(test_video.path))
+    with FaceDetector(detector_model, "video") as a, FaceDetector(detector_model, "video") as b:
+        detectors = [FailingDetector(a), FailingDetector(b)]
+        pipeline = Pipeline(source, detectors, FaceCropper(), classifier, Tracker(), EventBuilder("t", "c", "m"),
+                            ListPublisher())  # fmt: skip
+        with source, pytest.raises(RuntimeError, match="detector broke"):
+            pipeline.run()
+    assert pipeline.counters.frames < len(test_video.faces)
