@@ -40,7 +40,7 @@ def detector_input(image_bgr: np.ndarray, input_side: int | None = INPUT_SIDE) -
         raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {image_bgr.dtype} {image_bgr.shape}")
     h, w = image_bgr.shape[:2]
     k = 1
-    while input_side and max(h, w) // (2 * k) >= input_side:
+    while input_side and max(h, w) // (2 * k) >= input_side and min(h, w) // (2 * k) >= 1:  # never 0 rows
         k *= 2
     if k > 1:
         h, w = h // k * k, w // k * k  # the part of the frame the detector sees: whole 2x2 blocks at every step

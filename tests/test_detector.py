@@ -191,6 +191,7 @@ def test_bad_settings_are_user_errors(model_path):
         ((643, 482), (640, 480), (160, 120)),  # the 3 + 2 edge pixels that do not fill a 4x4 block are left out
         ((300, 400), (300, 400), (150, 200)),  # portrait: the longer side decides
         ((200, 120), (200, 120), (200, 120)),  # under twice the input side: only turned RGB
+        ((1000, 3), (1000, 2), (500, 1)),  # a sliver: halved only while a row is left
     ],
 )
 def test_detector_input_halves_the_frame_towards_128_px(size, shown, seen):
