@@ -60,7 +60,7 @@ class DetectorConfig(_Section):
         2,
         ge=1,
         le=8,
-        description="Face detectors working on consecutive frames at once, a thread each: one MediaPipe detector "
+        description="Face detectors working on consecutive frames at once, a thread and ~8 MB each: one MediaPipe detector "
         "leaves the CPU idle much of its time; two detect about 1.8x the frames of one on two cores.",
     )
     input_side: int | None = Field(
