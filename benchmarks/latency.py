@@ -125,7 +125,7 @@ def bare_loop_fps(clip: Path, detector_model: Path, input_side: int | None = Non
     """Decode + MediaPipe detection, one after the other on one thread: the floor the daemon must beat.
 
     input_side None: the loop MediaPipe's guide shows (full frame -> RGB -> mp.Image -> detect_for_video).
-    input_side 256: the same loop, also scaling each frame down first as the daemon's capture thread does.
+    input_side INPUT_SIDE (128): the same loop, also halving each frame first as the daemon's capture thread does.
     """
     cap = cv2.VideoCapture(str(clip))
     frames = 0

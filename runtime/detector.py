@@ -39,13 +39,14 @@ def detector_input(image_bgr: np.ndarray, input_side: int | None = INPUT_SIDE) -
     if image_bgr.ndim != 3 or image_bgr.shape[2] != 3 or image_bgr.dtype != np.uint8:
         raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {image_bgr.dtype} {image_bgr.shape}")
     h, w = image_bgr.shape[:2]
-    k = 1
-    while input_side and max(h, w) // (2 * k) >= input_side and min(h, w) // (2 * k) >= 1:  # never 0 rows
-        k *= 2
-    if k > 1:
+    halvings = 0
+    while input_side and max(h, w) >> (halvings + 1) >= input_side and min(h, w) >> (halvings + 1) >= 1:
+        halvings += 1  # the second condition: never down to 0 rows
+    if halvings:
+        k = 1 << halvings
         h, w = h // k * k, w // k * k  # the part of the frame the detector sees: whole 2x2 blocks at every step
         image_bgr = image_bgr[:h, :w]
-        while image_bgr.shape[1] > w // k:
+        for _ in range(halvings):
             image_bgr = cv2.resize(image_bgr, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
     # A fresh array per frame: the frame before it may still be in the detector.
     return DetectorInput(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB), w, h)

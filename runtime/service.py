@@ -99,7 +99,7 @@ def run(config: Config, stop: threading.Event | None = None, log=sys.stderr) -> 
         )  # fmt: skip
         stack.callback(source.close)
         classifier = _load_classifier(config)
-        detector_model = resolve_detector_model(config.detector.model_path, allow_fetch=True)
+        detector_model = resolve_detector_model(d.model_path, allow_fetch=True)
         annotator = None
         if config.output.annotate:
             from runtime.annotate import Annotator
