@@ -46,27 +46,27 @@ class FaceCropper:
         self.center = float(center)
 
     def matrix(self, det: Detection) -> np.ndarray:
-        """The 2x3 affine map from frame pixels to crop pixels for one face."""
-        k = det.keypoints
-        right, left, mouth = (
-            k[RIGHT_EYE].astype(np.float64),
-            k[LEFT_EYE].astype(np.float64),
-            k[MOUTH].astype(np.float64),
-        )
-        eyes = (right + left) / 2
-        eye_dist = math.hypot(*(left - right))
-        eye_mouth = math.hypot(*(mouth - eyes))
+        """The 2x3 affine map from frame pixels to crop pixels for one face: rotate about the face centre so the
+        eye line is level, scale the face to the crop, move its centre to the crop's. Plain float maths on four
+        keypoints: numpy on arrays this small costs more in calls than in arithmetic."""
+        (rx, ry), (lx, ly), _, (mx, my) = det.keypoints[:4].tolist()
+        ex, ey = (rx + lx) / 2, (ry + ly) / 2  # the eyes' midpoint
+        eye_dx, eye_dy = lx - rx, ly - ry
+        eye_dist = math.hypot(eye_dx, eye_dy)
+        eye_mouth = math.hypot(mx - ex, my - ey)
         # The larger estimate wins: a turned head shortens the eye distance, a nodding one the eye-mouth distance.
         face = max(BOX_PER_EYE_MOUTH * eye_mouth, BOX_PER_EYE_DIST * eye_dist)
         if face < 1.0:  # degenerate keypoints: fall back on the box
             face = max(det.box[2], det.box[3])
-        side = face * (1.0 + self.margin)
+        scale = self.size / (face * (1.0 + self.margin))
         # Keypoints are continuous coordinates (pixel i spans [i, i+1)); warpAffine works on pixel centres.
-        cx, cy = eyes + self.center * (mouth - eyes) - 0.5
-        angle = math.degrees(math.atan2(left[1] - right[1], left[0] - right[0]))
-        m = cv2.getRotationMatrix2D((cx, cy), angle, self.size / side)  # rotates the eye line to horizontal
-        m[:, 2] += (self.size - 1) / 2 - np.array([cx, cy])  # face centre -> crop centre
-        return m
+        cx = ex + self.center * (mx - ex) - 0.5
+        cy = ey + self.center * (my - ey) - 0.5
+        # cv2.getRotationMatrix2D((cx, cy), angle of the eye line, scale), then the face centre -> crop centre.
+        cos, sin = (eye_dx / eye_dist, eye_dy / eye_dist) if eye_dist > 0 else (1.0, 0.0)
+        a, b = scale * cos, scale * sin
+        mid = (self.size - 1) / 2
+        return np.array([[a, b, mid - a * cx - b * cy], [-b, a, mid + b * cx - a * cy]])
 
     def crop(self, image: np.ndarray, detections: list[Detection], out: np.ndarray | None = None) -> np.ndarray:
         """A uint8 frame, BGR (H, W, 3) or gray (H, W), and its detections -> (N, size, size) uint8 gray faces,

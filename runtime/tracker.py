@@ -1,7 +1,7 @@
 """Tracker: stable face ids across the frames of a stream, and temporal smoothing of each face's probabilities.
 
 Matching is greedy by IoU, highest overlap first: with the handful of faces a camera sees this gives the same
-pairs as the Hungarian method in all but contrived cases, in a few lines of numpy and without scipy.
+pairs as the Hungarian method in all but contrived cases, in a few lines of Python and without scipy.
 """
 
 from __future__ import annotations
@@ -13,38 +13,45 @@ import numpy as np
 from runtime.frames import Detection, Face
 from runtime.labels import NUM_CLASSES
 
+Corners = tuple[float, float, float, float]  # x0, y0, x1, y1
+
 
 @dataclass(slots=True)
 class _Track:
     id: int
-    box: np.ndarray  # (4,) x0, y0, x1, y1 of the last matched detection
+    box: Corners  # of the last matched detection
     probs: np.ndarray  # (7,) float64 smoothed probabilities
     missed: int = 0  # consecutive frames without a match
 
 
-def _corners(boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-    xywh = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+def _corners(box: tuple[float, float, float, float]) -> Corners:
+    x, y, w, h = box
+    return (x, y, x + w, y + h)
 
 
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (N,4 corners) with every box in b (M,4 corners): (N, M)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+def iou(a: Corners, b: Corners) -> float:
+    inter_w = min(a[2], b[2]) - max(a[0], b[0])
+    inter_h = min(a[3], b[3]) - max(a[1], b[1])
+    if inter_w <= 0 or inter_h <= 0:
+        return 0.0
+    inter = inter_w * inter_h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
-def greedy_match(iou: np.ndarray, threshold: float) -> list[tuple[int, int]]:
-    """Pairs (row, col), highest IoU first, each row and column used once, only pairs with IoU >= threshold."""
-    rows, cols = np.nonzero(iou >= threshold)
-    order = np.argsort(-iou[rows, cols], kind="stable")
+def iou_matrix(a, b) -> list[list[float]]:
+    """IoU of every box in a (corners) with every box in b: rows of a, columns of b. Plain Python: with the
+    handful of faces a camera sees, numpy's per-call cost is larger than the arithmetic."""
+    return [[iou(x, y) for y in b] for x in a]
+
+
+def greedy_match(iou_rows, threshold: float) -> list[tuple[int, int]]:
+    """Pairs (row, col), highest IoU first (ties in row-major order), each row and column used once, only pairs
+    with IoU >= threshold."""
+    candidates = [(v, r, c) for r, row in enumerate(iou_rows) for c, v in enumerate(row) if v >= threshold]
+    candidates.sort(key=lambda t: -t[0])  # stable
     used_r, used_c, pairs = set(), set(), []
-    for k in order:
-        r, c = int(rows[k]), int(cols[k])
+    for _, r, c in candidates:
         if r not in used_r and c not in used_c:
             used_r.add(r)
             used_c.add(c)
@@ -78,11 +85,11 @@ class Tracker:
         probs = np.asarray(probs, dtype=np.float64).reshape(-1, NUM_CLASSES)
         if len(detections) != len(probs):
             raise ValueError(f"{len(detections)} detections but {len(probs)} probability rows")
-        boxes = _corners([d.box for d in detections])
+        boxes = [_corners(d.box) for d in detections]
         track_of = [None] * len(detections)
         if self._tracks and detections:
-            iou = iou_matrix(np.stack([t.box for t in self._tracks]), boxes)
-            for t, d in greedy_match(iou, self.iou_threshold):
+            overlaps = iou_matrix([t.box for t in self._tracks], boxes)
+            for t, d in greedy_match(overlaps, self.iou_threshold):
                 track_of[d] = self._tracks[t]
 
         s = self.smoothing

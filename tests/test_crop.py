@@ -134,3 +134,22 @@ def test_crops_of_the_colour_frame_equal_crops_of_its_gray_version(detector, pho
 def test_crop_rejects_an_image_that_is_neither_bgr_nor_gray_uint8(bad):
     with pytest.raises(ValueError, match="BGR"):
         FaceCropper().crop(bad, [])
+
+
+def test_crop_map_is_opencvs_rotation_about_the_face_centre():
+    # The map is written out by hand for speed; it must be what getRotationMatrix2D plus a shift would give.
+    rng = np.random.default_rng(0)
+    cropper = FaceCropper(margin=0.3, center=0.25)
+    for _ in range(50):
+        k = rng.uniform(0, 640, size=(6, 2)).astype(np.float32)
+        m = cropper.matrix(Detection(box=(0.0, 0.0, 100.0, 100.0), score=0.9, keypoints=k))
+        right, left, mouth = k[0].astype(np.float64), k[1].astype(np.float64), k[3].astype(np.float64)
+        eyes = (right + left) / 2
+        face = max(2.19 * np.linalg.norm(mouth - eyes), 2.34 * np.linalg.norm(left - right))
+        cx, cy = eyes + 0.25 * (mouth - eyes) - 0.5
+        angle = math.degrees(math.atan2(left[1] - right[1], left[0] - right[0]))
+        expected = cv2.getRotationMatrix2D((cx, cy), angle, 48 / (face * 1.3))
+        expected[:, 2] += 23.5 - np.array([cx, cy])
+        # OpenCV takes the centre as float32: the shift agrees to 1e-5 px, the rest to float64 precision.
+        np.testing.assert_allclose(m[:, :2], expected[:, :2], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(m[:, 2], expected[:, 2], rtol=0, atol=1e-4)

@@ -91,6 +91,15 @@ def test_checkpoint_describes_itself(small_fer, tmp_path):
     assert (tmp_path / "r" / "config.yaml").read_text().count("width: 16") == 1
 
 
+def test_stride_two_stem_runs_the_stages_at_half_resolution(small_fer, tmp_path):
+    run(quick_config(small_fer, tmp_path / "r", "model.stem_stride=2", "model.depths=[1,2,2]", epochs=1))
+    model, spec = checkpoint.build(checkpoint.load(tmp_path / "r" / "best.pt"))  # rebuilt from the checkpoint alone
+    x = torch.zeros(2, *spec.input_shape)
+    assert model.features[0][0].stride == (2, 2)
+    assert model.features[0](x).shape == (2, 16, 22, 22)
+    assert model(x).shape == (2, len(LABELS))
+
+
 def test_metrics_match_a_hand_computed_confusion_matrix():
     # true angry x3, happy x2, sad x1; predictions: angry right twice, one angry->happy,
     # happy right twice, sad->angry.

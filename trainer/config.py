@@ -21,6 +21,7 @@ class ModelConfig(Strict):
     width: int = Field(32, ge=4, le=256, description="channels of the first stage; doubles per stage")
     depths: list[int] = Field([2, 2, 2, 2], min_length=1, max_length=6, description="conv layers per stage")
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the classifier head")
+    stem_stride: Literal[1, 2] = Field(1, description="stride of the first conv (2: the stages run at half resolution)")
 
 
 class AugmentConfig(Strict):
