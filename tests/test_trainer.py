@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from runtime.errors import UserError
 from runtime.labels import LABELS
 from runtime.preprocess import preprocess
 from trainer import checkpoint, data
 from trainer.config import load_config
+from trainer.distill import distill_loss, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.train import predict_with_tta, run
 
@@ -98,6 +100,30 @@ def test_stride_two_stem_runs_the_stages_at_half_resolution(small_fer, tmp_path)
     assert model.features[0][0].stride == (2, 2)
     assert model.features[0](x).shape == (2, 16, 22, 22)
     assert model(x).shape == (2, len(LABELS))
+
+
+def test_distillation_targets_are_the_teachers_tempered_probabilities():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 0.3, -0.2, 1.0]])
+    for t in (1.0, 2.0, 4.0):
+        soft = soften(torch.softmax(logits, 1), t)
+        torch.testing.assert_close(soft, torch.softmax(logits / t, 1))
+        assert distill_loss(logits, soft, t).abs().item() < 1e-6  # a student that agrees exactly learns nothing
+        assert distill_loss(logits.flip(1), soft, t).item() > 0.1
+
+
+def test_distilled_run_learns_from_a_teacher_checkpoint(small_fer, tmp_path, capsys):
+    run(quick_config(small_fer, tmp_path / "teacher", epochs=1))
+    teacher = str(tmp_path / "teacher" / "best.pt")
+    run(quick_config(small_fer, tmp_path / "student", f"distill.teacher={teacher}", "model.stem_stride=2", epochs=1))
+    assert "distilling from" in capsys.readouterr().err
+    assert checkpoint.load(tmp_path / "student" / "best.pt")["config"]["distill"]["teacher"] == teacher
+    with pytest.raises(UserError, match=r"distill\.teacher: checkpoint not found"):
+        run(quick_config(small_fer, tmp_path / "s2", f"distill.teacher={tmp_path / 'none.pt'}", epochs=1))
+    with pytest.raises(UserError, match="preprocesses faces differently"):
+        other_blur = checkpoint.load(teacher)["preprocess"]["blur_sigma"] + 0.5
+        run(
+            quick_config(small_fer, tmp_path / "s3", f"distill.teacher={teacher}", f"input_blur={other_blur}", epochs=1)
+        )
 
 
 def test_metrics_match_a_hand_computed_confusion_matrix():

@@ -36,6 +36,12 @@ class AugmentConfig(Strict):
     erase_area: tuple[float, float] = Field((0.02, 0.2), description="erased fraction of the crop")
 
 
+class DistillConfig(Strict):
+    teacher: str | None = Field(None, description="checkpoint whose soft labels the model also learns from; null = off")
+    weight: float = Field(0.5, ge=0, le=1, description="share of the loss that follows the teacher")
+    temperature: float = Field(2.0, gt=0, le=20, description="softens teacher and student distributions")
+
+
 class TrainConfig(Strict):
     data: str = Field("../shared/datasets/fer2013/fer2013.zip", description="dataset in any layout trainer.data reads")
     out: str = Field("models/default", description="run directory: checkpoints, log, reports")
@@ -66,6 +72,7 @@ class TrainConfig(Strict):
         "(evaluation, the daemon); auto = measured by matching the eval split's sharpness (trainer/blur.py)",
     )
     augment: AugmentConfig = AugmentConfig()
+    distill: DistillConfig = DistillConfig()
 
 
 def _set_path(d: dict, dotted: str, value) -> None:

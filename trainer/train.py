@@ -28,6 +28,7 @@ from trainer import checkpoint, data
 from trainer.augment import augment_batch
 from trainer.blur import matching_sigma
 from trainer.config import DEFAULT_CONFIG, TrainConfig, load_config
+from trainer.distill import distill_loss, load_teacher, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
 
@@ -65,7 +66,9 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch, bf16) -> dict:
+def train_one_epoch(
+    model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch, bf16, soft_targets=None
+) -> dict:
     model.train()
     n = len(labels)
     order = torch.randperm(n, generator=g)
@@ -86,6 +89,9 @@ def train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg: Train
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if soft_targets is not None:
+            kd = distill_loss(logits.float(), soft_targets[idx], cfg.distill.temperature)
+            loss = (1 - cfg.distill.weight) * loss + cfg.distill.weight * kd
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -161,6 +167,15 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     images = torch.from_numpy(standardize(train.images, spec)).unsqueeze(1)  # they carry the blur already
     labels = torch.from_numpy(train.labels)
     val_inputs = preprocess(val.images, spec)
+    soft_targets = None
+    if cfg.distill.teacher:
+        teacher = load_teacher(cfg.distill.teacher, spec)
+        probs = predict_with_tta(teacher, center_crop(images[:, 0].numpy(), spec), tta_flip=True)
+        soft_targets = soften(torch.from_numpy(probs), cfg.distill.temperature)
+        agree = float((probs.argmax(1) == train.labels).mean())
+        print(
+            f"distilling from {cfg.distill.teacher}: it agrees with {agree:.3f} of the Training labels", file=sys.stderr
+        )
 
     model_args = {**cfg.model.model_dump(), "depths": list(cfg.model.depths)}
     model = build_model(cfg.arch, **model_args).to(memory_format=torch.channels_last)
@@ -211,7 +226,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     last_epoch = min(cfg.epochs, stop_after or cfg.epochs)
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
-        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch, bf16)
+        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch, bf16, soft_targets)
         va = validate(ema.module if ema is not None else model, val_inputs, val.labels, cfg.tta_flip, bf16)
         row = {
             "epoch": epoch,
