@@ -46,7 +46,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"FER2013 data: calibration from Training, gates on PublicTest (default: {DEFAULT_DATA})",
     )
     ap.add_argument(
-        "--calib-size", type=int, default=300, metavar="N", help="Training images for INT8 calibration (default: 300)"
+        "--calib-size",
+        type=int,
+        default=1000,  # 300 left the distilled 4M-MAC model's OpenVINO INT8 at 96.96% agreement with FP32 (gate: 97%)
+        metavar="N",
+        help="Training images for INT8 calibration (default: %(default)s)",
     )
     ap.add_argument(
         "--parity-size",

@@ -159,7 +159,9 @@ def quantize_openvino_int8(prep: Prepared, fp32_xml: Path, xml: Path) -> list[Pa
 
     Two settings differ from NNCF's defaults, both measured on FER2013 PublicTest (top-1 agreement with FP32):
     activation ranges from the global min/max instead of the mean of per-image extremes (which clips what some
-    faces reach: 95.1% -> 97.5%), and the full bias correction instead of the fast one (-> 98.9%).
+    faces reach: 95.1% -> 97.5%), and the full bias correction instead of the fast one (-> 98.9%). The first
+    conv stays FP32: it reads the standardized face directly, and on the stride-2 student quantizing it cost the
+    most agreement (96.7% -> 98.4%, for 2% of the multiply-adds).
     """
     import nncf
     import openvino as ov
@@ -168,6 +170,7 @@ def quantize_openvino_int8(prep: Prepared, fp32_xml: Path, xml: Path) -> list[Pa
 
     nncf.set_log_level(logging.ERROR)
     model = ov.Core().read_model(str(fp32_xml))
+    first_conv = next(op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution")
     samples = [prep.calib[i : i + 1] for i in range(len(prep.calib))]
     with quiet():
         quantized = nncf.quantize(
@@ -176,6 +179,7 @@ def quantize_openvino_int8(prep: Prepared, fp32_xml: Path, xml: Path) -> list[Pa
             preset=nncf.QuantizationPreset.PERFORMANCE,
             subset_size=len(samples),
             fast_bias_correction=False,
+            ignored_scope=nncf.IgnoredScope(names=[first_conv.get_friendly_name()]),
             advanced_parameters=AdvancedQuantizationParameters(
                 activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
             ),

@@ -62,8 +62,10 @@ def test_tta_flip_is_the_mean_of_face_and_mirror(clf: Classifier, faces: np.ndar
     off = load_classifier(model_dir, clf.backend, clf.precision, tta_flip=False)
     np.testing.assert_allclose(on.predict(faces), (plain + mirrored) / 2, atol=1e-5)
     np.testing.assert_allclose(off.predict(faces), plain, atol=1e-5)
-    # with the flip, a face and its mirror image get the same answer
-    np.testing.assert_allclose(on.predict(faces[:, :, ::-1]), on.predict(faces), atol=1e-5)
+    # with the flip, a face and its mirror image get the same answer; in INT8 up to a rounding step, since the
+    # mirrored face's float input differs in the last bits (blur, standardization) and can round the other way
+    atol = 1e-5 if clf.precision == "fp32" else 2e-3
+    np.testing.assert_allclose(on.predict(faces[:, :, ::-1]), on.predict(faces), atol=atol)
 
 
 def test_tta_flip_defaults_to_the_manifest(clf: Classifier) -> None:
