@@ -4,8 +4,9 @@
    writing to /dev/null) over clips of 640x480 frames holding 1, 4 and 8 wild-faces photos, for every
    classifier (PyTorch eager FP32, onnxruntime and OpenVINO FP32/INT8) with 1 and 2 classifier threads. Per
    stage p50/p95/p99/max in ms; "processing" is detect -> published for one frame, "capture_to_publish" adds
-   the wait in the capture hand-off, "per_face" is crop + classify + track + publish of a frame over its faces; frames per second and CPU time (all threads) per frame. These runs take
-   one frame at a time through both halves (Pipeline.process), so stage times are not blurred by overlap.
+   the wait in the capture hand-off, "per_face" is crop + classify + track + publish of a frame over its faces;
+   frames per second and CPU time (all threads) per frame. These runs take one frame at a time through both
+   halves (Pipeline.process), so stage times are not blurred by overlap.
 2. `emotiond run` on the 1-face clip (the installed daemon, default config, events to /dev/null) against a
    bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio. Also
    against that loop shrinking each frame first as the daemon's capture thread does (its share of the win).
