@@ -54,7 +54,7 @@ from samples import make_sample
 FACE_COUNTS = (1, 4, 8)
 GRIDS = {1: (1, 1, 240), 4: (2, 2, 200), 8: (4, 2, 150)}  # columns, rows, photo side in px
 STAGES = ("decode", "detect", "crop", "classify", "publish", "per_face", "processing", "capture_to_publish")
-PER_FACE_GOAL_MS = 0.5  # crop + classify + publish per face: "well under a millisecond"
+PER_FACE_GOAL_MS = 0.5  # crop + classify + track + publish per face: "well under a millisecond"
 SEGMENT = 15  # frames each set of photos stays on screen
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from runtime.frames import Detection
 
 # Keypoint order of BlazeFace (subject's right eye first, i.e. the eye on the image's left).
-RIGHT_EYE, LEFT_EYE, NOSE, MOUTH = 0, 1, 2, 3
+RIGHT_EYE, LEFT_EYE, MOUTH = 0, 1, 3
 BOX_PER_EYE_MOUTH = 2.19  # BlazeFace box side / eye-to-mouth distance, upright faces
 BOX_PER_EYE_DIST = 2.34  # BlazeFace box side / eye distance, upright faces
 DEFAULT_MARGIN = 0.2  # tuned on wild-faces: benchmarks/results/crop_margin.json
@@ -49,7 +49,8 @@ class FaceCropper:
         """The 2x3 affine map from frame pixels to crop pixels for one face: rotate about the face centre so the
         eye line is level, scale the face to the crop, move its centre to the crop's. Plain float maths on four
         keypoints: numpy on arrays this small costs more in calls than in arithmetic."""
-        (rx, ry), (lx, ly), _, (mx, my) = det.keypoints[:4].tolist()
+        k = det.keypoints
+        (rx, ry), (lx, ly), (mx, my) = k[RIGHT_EYE].tolist(), k[LEFT_EYE].tolist(), k[MOUTH].tolist()
         ex, ey = (rx + lx) / 2, (ry + ly) / 2  # the eyes' midpoint
         eye_dx, eye_dy = lx - rx, ly - ry
         eye_dist = math.hypot(eye_dx, eye_dy)

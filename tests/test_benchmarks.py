@@ -26,8 +26,6 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
             assert set(numbers) == STAGE_KEYS, stage
             assert 0 <= numbers["p50"] <= numbers["p95"] <= numbers["p99"] <= numbers["max"], (stage, numbers)
         assert run["fps"] > 0 and run["cpu_ms_per_frame"] > 0
-        # per face: everything after detection over the faces, so never more than a frame's processing
-        assert run["stages_ms"]["per_face"]["p50"] < run["stages_ms"]["processing"]["p50"], run
         # every frame holds clip_faces photos; BlazeFace short-range finds the single big face every time and
         # only some of 4-8 small ones (faces of ~70 px in 640x480), but always several
         if run["clip_faces"] == 1:
@@ -40,9 +38,12 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
     live = result["live"]
     assert live["processed"] >= 1 and live["processed"] + live["dropped"] <= live["frames_in_clip"]
     assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["onnxruntime"]
-    assert set(result["targets"]) >= {"daemon_vs_bare_ratio>=1.0", "processing_p50<=5ms", "live_latency_flat"} | {
-        f"per_face_{k}_faces_p50<={latency.PER_FACE_GOAL_MS}ms" for k in (1, 4, 8)
-    }
+    assert set(result["targets"]) >= {"daemon_vs_bare_ratio>=1.0", "processing_p50<=5ms", "live_latency_flat"}
+    for r in result["runs"]:  # the per-face goal is judged on the daemon's default engine, one thread
+        if r["engine"] == "onnxruntime int8" and r["threads"] == 1:
+            p50 = r["stages_ms"]["per_face"]["p50"]
+            goal = latency.PER_FACE_GOAL_MS
+            assert result["targets"][f"per_face_{r['clip_faces']}_faces_p50<={goal}ms"] == [p50, p50 <= goal]
     printed = capsys.readouterr().out
     assert "daemon vs bare decode+detect loop" in printed and "target processing_p50<=5ms" in printed
 

@@ -114,9 +114,16 @@ def test_distillation_targets_are_the_teachers_tempered_probabilities():
 def test_distilled_run_learns_from_a_teacher_checkpoint(small_fer, tmp_path, capsys):
     run(quick_config(small_fer, tmp_path / "teacher", epochs=1))
     teacher = str(tmp_path / "teacher" / "best.pt")
-    run(quick_config(small_fer, tmp_path / "student", f"distill.teacher={teacher}", "model.stem_stride=2", epochs=1))
+    alone = run(quick_config(small_fer, tmp_path / "alone", epochs=1))
+    taught = run(quick_config(small_fer, tmp_path / "student", f"distill.teacher={teacher}", epochs=1))
     assert "distilling from" in capsys.readouterr().err
-    assert checkpoint.load(tmp_path / "student" / "best.pt")["config"]["distill"]["teacher"] == teacher
+    # same seed, same batches: only the teacher's term can change the loss
+    assert alone["history"][0]["train_loss"] != pytest.approx(taught["history"][0]["train_loss"], rel=1e-3)
+    ckpt = checkpoint.load(tmp_path / "student" / "best.pt")
+    assert ckpt["config"]["distill"]["teacher"] == teacher and len(ckpt["teacher_sha256"]) == 64
+    (tmp_path / "teacher" / "best.pt").write_bytes((tmp_path / "alone" / "best.pt").read_bytes())
+    with pytest.raises(UserError, match="not the checkpoint this run started with"):
+        run(quick_config(small_fer, tmp_path / "student", f"distill.teacher={teacher}", epochs=2), resume=True)
     with pytest.raises(UserError, match=r"distill\.teacher: checkpoint not found"):
         run(quick_config(small_fer, tmp_path / "s2", f"distill.teacher={tmp_path / 'none.pt'}", epochs=1))
     with pytest.raises(UserError, match="preprocesses faces differently"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -19,7 +19,9 @@ class Strict(BaseModel):
 
 class ModelConfig(Strict):
     width: int = Field(32, ge=4, le=256, description="channels of the first stage; doubles per stage")
-    depths: list[int] = Field([2, 2, 2, 2], min_length=1, max_length=6, description="conv layers per stage")
+    depths: list[Annotated[int, Field(ge=1, le=8)]] = Field(
+        [2, 2, 2, 2], min_length=1, max_length=6, description="conv layers per stage"
+    )
     dropout: float = Field(0.3, ge=0, lt=1, description="dropout before the classifier head")
     stem_stride: Literal[1, 2] = Field(1, description="stride of the first conv (2: the stages run at half resolution)")
 

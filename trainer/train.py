@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from runtime.errors import UserError
 from runtime.labels import LABELS
+from runtime.manifest import sha256_file
 from runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, center_crop, preprocess, standardize
 from trainer import checkpoint, data
 from trainer.augment import augment_batch
@@ -167,9 +168,12 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     images = torch.from_numpy(standardize(train.images, spec)).unsqueeze(1)  # they carry the blur already
     labels = torch.from_numpy(train.labels)
     val_inputs = preprocess(val.images, spec)
-    soft_targets = None
+    soft_targets, teacher_sha256 = None, None
     if cfg.distill.teacher:
         teacher = load_teacher(cfg.distill.teacher, spec)
+        teacher_sha256 = sha256_file(cfg.distill.teacher)
+        if state is not None and state.get("teacher_sha256") != teacher_sha256:
+            raise UserError(f"distill.teacher {cfg.distill.teacher} is not the checkpoint this run started with")
         probs = predict_with_tta(teacher, center_crop(images[:, 0].numpy(), spec), tta_flip=True)
         soft_targets = soften(torch.from_numpy(probs), cfg.distill.temperature)
         agree = float((probs.argmax(1) == train.labels).mean())
@@ -220,6 +224,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
             "metrics": metrics,
             "config": cfg.model_dump(mode="json"),
             "data_fingerprint": train.fingerprint(),
+            "teacher_sha256": teacher_sha256,
             "data_source": str(cfg.data),
         }
 
