@@ -45,9 +45,7 @@ class Classifier:
         n = len(faces_u8)
         if n == 0:
             return np.zeros((0, NUM_CLASSES), np.float32)
-        x = preprocess(faces_u8, self.spec)
-        if self.tta_flip:
-            x = np.concatenate((x, x[..., ::-1]))  # faces then mirrors: one batch of 2N, one call
+        x = preprocess(faces_u8, self.spec, mirrors=self.tta_flip)  # with flip: faces then mirrors, one call
         p = _softmax(self.engine.run(x))
         return (p[:n] + p[n:]) * 0.5 if self.tta_flip else p
 

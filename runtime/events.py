@@ -80,8 +80,10 @@ def _box(det_box: tuple[float, float, float, float], width: int, height: int) ->
 
 def face_record(face: Face, width: int, height: int) -> dict:
     box, norm = _box(face.detection.box, width, height)
-    # float64 before rounding: k/10**4 then prints as its short decimal; float32 would print 0.123400002.
-    probs = np.round(np.asarray(face.probs, dtype=np.float64), 4).tolist()
+    # Python floats (float64) before rounding: k/10**4 then prints as its short decimal; float32 would print
+    # 0.123400002. tolist() is one call where numpy's round would be three.
+    values = face.probs.tolist() if isinstance(face.probs, np.ndarray) else face.probs
+    probs = [round(float(v), 4) for v in values]
     if len(probs) != NUM_CLASSES:
         raise ValueError(f"a face needs {NUM_CLASSES} probabilities, got {len(probs)}")
     top = max(range(NUM_CLASSES), key=probs.__getitem__)

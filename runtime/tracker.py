@@ -20,7 +20,7 @@ Corners = tuple[float, float, float, float]  # x0, y0, x1, y1
 class _Track:
     id: int
     box: Corners  # of the last matched detection
-    probs: np.ndarray  # (7,) float64 smoothed probabilities
+    probs: list[float]  # smoothed probabilities
     missed: int = 0  # consecutive frames without a match
 
 
@@ -82,9 +82,9 @@ class Tracker:
 
     def update(self, detections: list[Detection], probs: np.ndarray) -> list[Face]:
         """Faces in the order of detections, each with its track id and smoothed probabilities."""
-        probs = np.asarray(probs, dtype=np.float64).reshape(-1, NUM_CLASSES)
-        if len(detections) != len(probs):
-            raise ValueError(f"{len(detections)} detections but {len(probs)} probability rows")
+        rows = np.asarray(probs, dtype=np.float64).reshape(-1, NUM_CLASSES).tolist()
+        if len(detections) != len(rows):
+            raise ValueError(f"{len(detections)} detections but {len(rows)} probability rows")
         boxes = [_corners(d.box) for d in detections]
         track_of = [None] * len(detections)
         if self._tracks and detections:
@@ -92,19 +92,21 @@ class Tracker:
             for t, d in greedy_match(overlaps, self.iou_threshold):
                 track_of[d] = self._tracks[t]
 
+        # Plain Python on the 7 numbers of each face: numpy's per-call cost is larger than the arithmetic.
         s = self.smoothing
         matched = set()
         for d, track in enumerate(track_of):
             if track is None:
-                track = _Track(id=self._next_id, box=boxes[d], probs=probs[d].copy())
+                track = _Track(id=self._next_id, box=boxes[d], probs=rows[d])
                 self._next_id += 1
                 self._tracks.append(track)
                 track_of[d] = track
             else:
                 track.box = boxes[d]
                 track.missed = 0
-                smoothed = s * track.probs + (1.0 - s) * probs[d]
-                track.probs = smoothed / smoothed.sum()  # exact in maths; keeps float drift from accumulating
+                smoothed = [s * old + (1.0 - s) * new for old, new in zip(track.probs, rows[d], strict=True)]
+                total = sum(smoothed)  # dividing by it is exact in maths and keeps float drift from accumulating
+                track.probs = [v / total for v in smoothed]
             matched.add(track.id)
 
         for track in self._tracks:
@@ -113,7 +115,7 @@ class Tracker:
         self._tracks = [t for t in self._tracks if t.missed <= self.max_missed]
 
         return [
-            Face(detection=det, probs=track.probs.astype(np.float32), id=track.id)
+            Face(detection=det, probs=np.array(track.probs, np.float32), id=track.id)
             for det, track in zip(detections, track_of, strict=True)
         ]
 
