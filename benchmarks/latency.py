@@ -5,7 +5,9 @@
    classifier (PyTorch eager FP32, onnxruntime and OpenVINO FP32/INT8) with 1 and 2 classifier threads. Per
    stage p50/p95/p99/max in ms; "processing" is detect -> published for one frame, "capture_to_publish" adds
    the wait in the capture hand-off, "per_face" is crop + classify + track + publish of a frame over its faces;
-   frames per second and CPU time (all threads) per frame. These runs take one frame at a time through both
+   frames per second and CPU time (all threads) per frame. Over the 1-, 4- and 8-face clips together, the time
+   after detection is fitted as a cost per frame plus a cost per face (a line through the medians of frames
+   with the same number of faces): what one more face in view costs, apart from what every frame costs. These runs take one frame at a time through both
    halves (Pipeline.process), so stage times are not blurred by overlap.
 2. `emotiond run` on the 1-face clip (the installed daemon, default config, events to /dev/null) against a
    bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio. Also
@@ -87,6 +89,7 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
     """One pass of the real pipeline over `clip`; per-frame stage times and totals."""
     classifier = make_classifier(engine, threads, args.model, args.checkpoint)
     per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    after_detect: list[tuple[int, float]] = []  # (faces, ms) of each frame with faces
     faces = 0
     with open("/dev/null", "wb") as devnull, FaceDetector(detector_model, "video") as detector:
         source = open_source(str(clip), live=live, prepare=detector_input)  # as the daemon: scaled in capture
@@ -112,6 +115,7 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
                     per_stage[stage].append(ms)
                 if event["faces"]:  # everything after detection, shared out over the frame's faces
                     per_stage["per_face"].append((processing - lat["detect"]) / len(event["faces"]))
+                    after_detect.append((len(event["faces"]), processing - lat["detect"]))
                 faces += len(event["faces"])
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             dropped = source.dropped
@@ -121,8 +125,23 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
         "faces_per_frame": round(faces / max(n, 1), 2), "fps": round(n / wall, 1),
         "cpu_ms_per_frame": round(1000 * cpu / max(n, 1), 3), "dropped": dropped,
         "stages_ms": {s: percentiles(v) for s, v in per_stage.items()},
-        "_capture_to_publish": per_stage["capture_to_publish"],
+        "_capture_to_publish": per_stage["capture_to_publish"], "_after_detect": after_detect,
     }  # fmt: skip
+
+
+def after_detection_fit(after_detect: list[tuple[int, float]], min_frames: int = 5) -> dict | None:
+    """ms after detection = per_frame + per_face * faces, fitted through the median of each face count seen in
+    at least min_frames frames (medians: a few slow frames do not tilt the line). None below two face counts."""
+    by_count: dict[int, list[float]] = {}
+    for n, ms in after_detect:
+        by_count.setdefault(n, []).append(ms)
+    counts = sorted(n for n, v in by_count.items() if len(v) >= min_frames)
+    if len(counts) < 2:
+        return None
+    medians = [float(np.median(by_count[n])) for n in counts]
+    per_face, per_frame = np.polyfit(counts, medians, 1)
+    return {"per_frame_ms": round(float(per_frame), 3), "per_face_ms": round(float(per_face), 3),
+            "medians_ms_by_faces": {str(n): round(m, 3) for n, m in zip(counts, medians, strict=True)}}  # fmt: skip
 
 
 def bare_loop_fps(clip: Path, detector_model: Path, input_side: int | None = None) -> float:
@@ -174,6 +193,7 @@ def compare_daemon(clip: Path, detector_model: Path, repeats: int) -> dict:
 def live_drift(clip: Path, detector_model: Path, args) -> dict:
     run = run_pipeline(clip, EngineSpec("onnxruntime", "int8"), 1, detector_model, args, live=True)
     lat = run.pop("_capture_to_publish")
+    run.pop("_after_detect")
     third = max(1, len(lat) // 3)
     early, late = float(np.median(lat[:third])), float(np.median(lat[-third:]))
     return {"frames_in_clip": int(cv2.VideoCapture(str(clip)).get(cv2.CAP_PROP_FRAME_COUNT)),
@@ -190,6 +210,11 @@ def print_runs(runs: list[dict]) -> None:
         cells = "  ".join(f"{r['stages_ms'][s]['p50']:>7.3f}/{r['stages_ms'][s]['p99']:<8.3f}" for s in STAGES)
         print(f"{r['clip_faces']:>5} {r['engine']:<18}{r['threads']:>4}{r['fps']:>8.1f}{r['cpu_ms_per_frame']:>8.2f}"
               f"   {cells}")  # fmt: skip
+
+
+def print_fits(fits: dict) -> None:
+    for name, fit in fits.items():
+        print(f"after detection, {name}: {fit['per_frame_ms']} ms per frame + {fit['per_face_ms']} ms per face")
 
 
 def targets(runs: list[dict], daemon: dict, live: dict) -> dict:
@@ -239,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.source is not None:
                 clips[1] = args.source
             engines = all_engines(with_torch=args.checkpoint.is_file())
-            runs = []
+            runs, after_detect = [], {}
             for k, clip in clips.items():
                 for engine in engines:
                     for threads in args.threads:
                         run = run_pipeline(clip, engine, threads, detector_model, args)
                         run.pop("_capture_to_publish")
+                        key = f"{engine.name}, {threads} thread(s)"
+                        after_detect.setdefault(key, []).extend(run.pop("_after_detect"))
                         runs.append({"clip_faces": k, **run})
                         print(f"  {k} face(s), {engine.name}, {threads} thread(s): {run['fps']} frames/s",
                               file=sys.stderr, flush=True)  # fmt: skip
@@ -256,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_runs(runs)
+    fits = {name: fit for name, pairs in after_detect.items() if (fit := after_detection_fit(pairs)) is not None}
+    print_fits(fits)
     print(f"daemon vs bare decode+detect loop: {daemon['daemon_fps']} vs {daemon['bare_loop_fps']} frames/s, "
           f"ratio {daemon['ratio']} (vs the loop fed frames halved towards {INPUT_SIDE} px like the daemon's: "
           f"{daemon['bare_loop_shrunk_fps']} frames/s, ratio {daemon['ratio_to_shrunk']})")  # fmt: skip
@@ -267,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {name}: {value} -> {'met' if met else 'MISSED'}")
     if args.json:
         result = {"frames_per_clip": args.frames, "source": str(args.source) if args.source else "wild-faces clips",
-                  "runs": runs, "daemon_vs_bare": daemon, "live": live, "targets": goals}  # fmt: skip
+                  "runs": runs, "after_detection_fit": fits, "daemon_vs_bare": daemon, "live": live,
+                  "targets": goals}  # fmt: skip
         write_result(args.json, "latency", result)
     return 0
 

@@ -44,8 +44,24 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
             p50 = r["stages_ms"]["per_face"]["p50"]
             goal = latency.PER_FACE_GOAL_MS
             assert result["targets"][f"per_face_{r['clip_faces']}_faces_p50<={goal}ms"] == [p50, p50 <= goal]
+    # the per-frame + per-face fit of the time after detection, for every engine and thread count
+    fits = result["after_detection_fit"]
+    assert set(fits) == {f"{r['engine']}, {r['threads']} thread(s)" for r in result["runs"]}
+    for fit in fits.values():
+        assert "1" in fit["medians_ms_by_faces"] and len(fit["medians_ms_by_faces"]) >= 2, fit
+        assert fit["per_face_ms"] > 0, fit  # each face adds a crop, two network inputs and a record
     printed = capsys.readouterr().out
     assert "daemon vs bare decode+detect loop" in printed and "target processing_p50<=5ms" in printed
+    assert "ms per frame +" in printed
+
+
+def test_after_detection_fit_splits_frame_and_face_costs():
+    # 1.0 ms per frame + 0.25 per face, with a slow outlier frame the medians ignore
+    pairs = [(n, 1.0 + 0.25 * n) for n in (1, 2, 4) for _ in range(9)] + [(4, 50.0)]
+    assert latency.after_detection_fit(pairs) == {
+        "per_frame_ms": 1.0, "per_face_ms": 0.25, "medians_ms_by_faces": {"1": 1.25, "2": 1.5, "4": 2.0},
+    }  # fmt: skip
+    assert latency.after_detection_fit([(1, 1.0)] * 9 + [(3, 2.0)] * 4) is None  # one face count is no line
 
 
 def test_latency_refuses_a_missing_source(tmp_path, capsys):
