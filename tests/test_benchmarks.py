@@ -78,6 +78,9 @@ def test_classifier_benchmark_rows_per_engine_and_batch(model_dir, tmp_path):
     exported = {f"{v.backend} {v.precision}" for v in manifest.variants.values()}
     network = {(r["engine"], r["batch"]) for r in result["rows"] if r["what"] == "network"}
     assert {(e, b) for e in exported for b in (1, 8, 32)} <= network
+    predict = {(r["engine"], r["what"]) for r in result["rows"] if r["what"].startswith("predict")}
+    paced = {f"predict(tta_flip={flip}){pace}" for flip in (False, True) for pace in ("", " every 33 ms")}
+    assert {(e, w) for e in exported for w in paced} <= predict  # back to back and at a camera's pace
     for r in result["rows"]:
         assert r["ms_per_face"] > 0 and abs(r["faces_per_s"] - 1000 / r["ms_per_face"]) / r["faces_per_s"] < 0.01
     assert set(result["int8_speedup_batch1_1thread"]) == {"onnxruntime", "openvino"}
