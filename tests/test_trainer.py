@@ -119,6 +119,13 @@ def test_distilled_run_learns_from_a_teacher_checkpoint(small_fer, tmp_path, cap
     assert "distilling from" in capsys.readouterr().err
     # same seed, same batches: only the teacher's term can change the loss
     assert alone["history"][0]["train_loss"] != pytest.approx(taught["history"][0]["train_loss"], rel=1e-3)
+    # the log keeps the two terms apart: cross-entropy comparable with a run without a teacher, and the blend
+    a, t = alone["history"][0], taught["history"][0]
+    assert a["train_kd"] is None and a["train_ce"] == pytest.approx(a["train_loss"], rel=1e-6)
+    w = checkpoint.load(tmp_path / "student" / "best.pt")["config"]["distill"]["weight"]
+    assert t["train_loss"] == pytest.approx((1 - w) * t["train_ce"] + w * t["train_kd"], rel=1e-4)
+    header = (tmp_path / "student" / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["epoch", "train_loss", "train_ce", "train_kd"]
     ckpt = checkpoint.load(tmp_path / "student" / "best.pt")
     assert ckpt["config"]["distill"]["teacher"] == teacher and len(ckpt["teacher_sha256"]) == 64
     (tmp_path / "teacher" / "best.pt").write_bytes((tmp_path / "alone" / "best.pt").read_bytes())

@@ -33,7 +33,10 @@ from trainer.distill import distill_loss, load_teacher, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
 
-LOG_FIELDS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_tta", "lr", "seconds"]
+# train_loss is what the optimizer minimizes; with distillation it blends train_ce (cross-entropy on the labels,
+# comparable across runs) and train_kd (the teacher's term; empty without a teacher).
+LOG_FIELDS = ["epoch", "train_loss", "train_ce", "train_kd", "train_acc", "val_loss", "val_acc", "val_acc_tta", "lr",
+              "seconds"]  # fmt: skip
 
 
 @torch.no_grad()
@@ -74,7 +77,7 @@ def train_one_epoch(
     n = len(labels)
     order = torch.randperm(n, generator=g)
     steps = n // cfg.batch_size if n >= cfg.batch_size else 1
-    total_loss = correct = seen = 0
+    total_loss = total_ce = total_kd = correct = seen = 0
     bar = tqdm(
         range(steps), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, file=sys.stderr, disable=None
     )
@@ -89,10 +92,11 @@ def train_one_epoch(
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        ce = loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         if soft_targets is not None:
             kd = distill_loss(logits.float(), soft_targets[idx], cfg.distill.temperature)
-            loss = (1 - cfg.distill.weight) * loss + cfg.distill.weight * kd
+            loss = (1 - cfg.distill.weight) * ce + cfg.distill.weight * kd
+            total_kd += kd.item() * len(y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -100,11 +104,13 @@ def train_one_epoch(
         if ema is not None:
             ema.update_parameters(model)
         total_loss += loss.item() * len(y)
+        total_ce += ce.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
         rate = seen / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-    return {"train_loss": total_loss / seen, "train_acc": correct / seen}
+    kd = total_kd / seen if soft_targets is not None else None
+    return {"train_loss": total_loss / seen, "train_ce": total_ce / seen, "train_kd": kd, "train_acc": correct / seen}
 
 
 def validate(model, inputs: np.ndarray, labels: np.ndarray, tta_flip: bool, bf16: bool) -> dict:
