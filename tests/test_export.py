@@ -133,6 +133,25 @@ def test_onnx_model_carries_its_own_metadata(exported: Path, manifest: dict) -> 
         assert json.loads(props["preprocess"]) == manifest["preprocess"]
 
 
+def test_onnx_int8_has_7_bit_signed_weights_and_an_fp32_first_conv(exported: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(exported / "model.int8.onnx")).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    first, rest = convs[0], convs[1:]
+    assert first.input[1] in weights and weights[first.input[1]].dtype == np.float32  # read straight, FP32
+    assert rest
+    for conv in rest:
+        dequantize = produced_by[conv.input[1]]
+        assert dequantize.op_type == "DequantizeLinear", conv.name
+        q = weights[dequantize.input[0]]
+        # S8 weights in 7 bits: no int16 saturation in onnxruntime's U8S8 kernels on CPUs without VNNI
+        assert q.dtype == np.int8 and q.min() >= -64 and q.max() <= 64, (conv.name, q.min(), q.max())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_fp32_logits_match_pytorch_within_1e4_on_256_real_faces(exported: Path, source: Path, publictest, backend):
