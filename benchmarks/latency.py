@@ -5,13 +5,14 @@
    classifier (PyTorch eager FP32, onnxruntime and OpenVINO FP32/INT8) with 1 and 2 classifier threads. Per
    stage p50/p95/p99/max in ms; "processing" is detect -> published for one frame, "capture_to_publish" adds
    the wait in the capture hand-off, "per_face" is crop + classify + track + publish of a frame over its faces;
-   frames per second and CPU time (all threads) per frame. Over the 1-, 4- and 8-face clips together, the time
-   after detection is fitted as a cost per frame plus a cost per face (a line through the medians of frames
-   with the same number of faces): what one more face in view costs, apart from what every frame costs. These runs take one frame at a time through both
-   halves (Pipeline.process), so stage times are not blurred by overlap.
+   frames per second and CPU time (all threads) per frame. These runs take one frame at a time through both
+   halves (Pipeline.process), so stage times are not blurred by overlap. Over the 1-, 4- and 8-face clips
+   together, the time after detection is fitted as a cost per frame plus a cost per face (a line through the
+   medians of frames with the same number of faces): what one more face in view costs.
 2. `emotiond run` on the 1-face clip (the installed daemon, default config, events to /dev/null) against a
-   bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio. Also
-   against that loop shrinking each frame first as the daemon's capture thread does (its share of the win).
+   bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio, the
+   median of interleaved rounds' own ratios. Also against that loop shrinking each frame first as the daemon's
+   capture thread does (its share of the win).
 3. A live source fed faster than it can be processed: capture-to-publish latency early vs late in the run,
    and the stale frames dropped (latest-frame-wins keeps it flat).
 
@@ -177,15 +178,21 @@ def daemon_fps(clip: Path) -> float:
 
 
 def compare_daemon(clip: Path, detector_model: Path, repeats: int) -> dict:
-    """The daemon against the bare loop (the target), and against the bare loop fed the same shrunk frames."""
+    """The daemon against the bare loop (the target), and against the bare loop fed the same shrunk frames.
+
+    Rounds are interleaved and each ratio is the median of the rounds' own ratios: this VM's speed drifts by 20%
+    within minutes, and a round's runs follow each other within seconds, so they share the machine's state.
+    """
     bare, shrunk, daemon = [], [], []
-    for _ in range(repeats):  # interleaved, so a busy moment of the machine hits all alike
+    for _ in range(repeats):
         bare.append(bare_loop_fps(clip, detector_model))
         shrunk.append(bare_loop_fps(clip, detector_model, input_side=INPUT_SIDE))
         daemon.append(daemon_fps(clip))
     b, s, d = (float(np.median(x)) for x in (bare, shrunk, daemon))
-    return {"bare_loop_fps": round(b, 1), "daemon_fps": round(d, 1), "ratio": round(d / b, 3),
-            "bare_loop_shrunk_fps": round(s, 1), "ratio_to_shrunk": round(d / s, 3),
+    ratio = float(np.median([y / x for x, y in zip(bare, daemon, strict=True)]))
+    ratio_to_shrunk = float(np.median([y / x for x, y in zip(shrunk, daemon, strict=True)]))
+    return {"bare_loop_fps": round(b, 1), "daemon_fps": round(d, 1), "ratio": round(ratio, 3),
+            "bare_loop_shrunk_fps": round(s, 1), "ratio_to_shrunk": round(ratio_to_shrunk, 3),
             "bare_runs": [round(x, 1) for x in bare], "bare_shrunk_runs": [round(x, 1) for x in shrunk],
             "daemon_runs": [round(x, 1) for x in daemon]}  # fmt: skip
 
@@ -247,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="for the PyTorch eager rows")
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="classifier threads to compare")
     ap.add_argument("--faces", type=int, nargs="+", default=list(FACE_COUNTS), choices=FACE_COUNTS)
-    ap.add_argument("--repeats", type=int, default=3, help="daemon vs bare loop rounds (default %(default)s)")
+    ap.add_argument("--repeats", type=int, default=5, help="daemon vs bare loop rounds (default %(default)s)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if args.frames < 1:

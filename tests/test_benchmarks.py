@@ -34,7 +34,8 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
             assert run["faces_per_frame"] >= 1.5, run
     daemon = result["daemon_vs_bare"]
     assert daemon["daemon_fps"] > 0 and daemon["bare_loop_fps"] > 0
-    assert abs(daemon["ratio"] - daemon["daemon_fps"] / daemon["bare_loop_fps"]) < 0.01
+    # one round here (--repeats 1): the median of the rounds' ratios is that round's ratio
+    assert abs(daemon["ratio"] - daemon["daemon_runs"][0] / daemon["bare_runs"][0]) < 0.01
     live = result["live"]
     assert live["processed"] >= 1 and live["processed"] + live["dropped"] <= live["frames_in_clip"]
     assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["onnxruntime"]
