@@ -4,10 +4,9 @@
 
 "network" times the model alone on preprocessed faces (what the targets speak of); "predict" times the runtime's
 whole `Classifier.predict` at batch 1 (preprocessing, softmax), without and with the mirrored face (tta_flip),
-back to back and, on one thread, at a camera's pace: one call every 33 ms, the core idle in between, as the
-daemon runs behind a 30 frames/s webcam (caches and predictors then start cold). Inputs are real FER2013
-PublicTest faces when ../shared/datasets is present, else random faces (the time these models take does not
-depend on pixel values).
+back to back and, on one thread, at a camera's pace: a 33 ms sleep before each call, as the daemon idles behind
+a 30 frames/s webcam (caches and predictors then start cold). Inputs are real FER2013 PublicTest faces when
+../shared/datasets is present, else random faces (the time these models take does not depend on pixel values).
 """
 
 from __future__ import annotations
@@ -36,26 +35,15 @@ def sample_faces(n: int = 64) -> tuple[np.ndarray, str]:
     return np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8), "random"
 
 
-def time_call(fn, seconds: float, min_calls: int = 20) -> float:
-    """Median wall time of one call in ms, after a warm-up."""
+def time_call(fn, seconds: float, pause_s: float = 0.0, min_calls: int = 20) -> float:
+    """Median wall time of one call in ms, after a warm-up; pause_s > 0 sleeps that long before each call."""
     for _ in range(5):
         fn()
     times = []
     end = time.perf_counter() + seconds
     while len(times) < min_calls or time.perf_counter() < end:
-        t0 = time.perf_counter_ns()
-        fn()
-        times.append((time.perf_counter_ns() - t0) / 1e6)
-    return float(np.median(times))
-
-
-def time_paced(fn, seconds: float, interval_s: float = CAMERA_INTERVAL_S, min_calls: int = 20) -> float:
-    """Median wall time of one call in ms, calls spaced interval_s apart with the thread asleep in between."""
-    fn()
-    times = []
-    end = time.perf_counter() + seconds
-    while len(times) < min_calls or time.perf_counter() < end:
-        time.sleep(interval_s)
+        if pause_s:
+            time.sleep(pause_s)
         t0 = time.perf_counter_ns()
         fn()
         times.append((time.perf_counter_ns() - t0) / 1e6)
@@ -73,20 +61,20 @@ def bench(engine: EngineSpec, threads: int, faces: np.ndarray, seconds: float, m
                      "faces_per_s": round(1000 * batch / ms, 1)})  # fmt: skip
     for flip in (False, True):
         clf.tta_flip = flip
-        timings = [("", time_call)] + ([(" every 33 ms", time_paced)] if threads == 1 else [])
-        for pace, timer in timings:
-            ms = timer(lambda: clf.predict(faces[:1]), seconds)
+        for pace, pause_s in [("", 0.0)] + ([(" every 33 ms", CAMERA_INTERVAL_S)] if threads == 1 else []):
+            ms = time_call(lambda: clf.predict(faces[:1]), seconds, pause_s)
             rows.append({"engine": engine.name, "threads": threads, "batch": 1,
                          "what": f"predict(tta_flip={flip}){pace}", "ms_per_call": round(ms, 4),
-                         "ms_per_face": round(ms, 4), "faces_per_s": round(1000 / ms, 1)})  # fmt: skip
+                         "ms_per_face": round(ms, 4),  # at a camera's pace, the camera sets the rate
+                         "faces_per_s": None if pause_s else round(1000 / ms, 1)})  # fmt: skip
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"{'engine':<18}{'thr':>4}{'batch':>6}  {'what':<36}{'ms/face':>9}{'faces/s':>10}")
     for r in rows:
-        print(f"{r['engine']:<18}{r['threads']:>4}{r['batch']:>6}  {r['what']:<36}{r['ms_per_face']:>9.3f}"
-              f"{r['faces_per_s']:>10.0f}")  # fmt: skip
+        rate = "-" if r["faces_per_s"] is None else f"{r['faces_per_s']:.0f}"
+        print(f"{r['engine']:<18}{r['threads']:>4}{r['batch']:>6}  {r['what']:<36}{r['ms_per_face']:>9.3f}{rate:>10}")
 
 
 def speedups(rows: list[dict]) -> dict:

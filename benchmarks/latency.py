@@ -132,7 +132,8 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
 
 def after_detection_fit(after_detect: list[tuple[int, float]], min_frames: int = 5) -> dict | None:
     """ms after detection = per_frame + per_face * faces, fitted through the median of each face count seen in
-    at least min_frames frames (medians: a few slow frames do not tilt the line). None below two face counts."""
+    at least min_frames frames (medians: a few slow frames do not tilt the line), each weighted by the square
+    root of its frame count (a median's precision). None below two face counts."""
     by_count: dict[int, list[float]] = {}
     for n, ms in after_detect:
         by_count.setdefault(n, []).append(ms)
@@ -140,9 +141,11 @@ def after_detection_fit(after_detect: list[tuple[int, float]], min_frames: int =
     if len(counts) < 2:
         return None
     medians = [float(np.median(by_count[n])) for n in counts]
-    per_face, per_frame = np.polyfit(counts, medians, 1)
+    frames = [len(by_count[n]) for n in counts]
+    per_face, per_frame = np.polyfit(counts, medians, 1, w=np.sqrt(frames))
     return {"per_frame_ms": round(float(per_frame), 3), "per_face_ms": round(float(per_face), 3),
-            "medians_ms_by_faces": {str(n): round(m, 3) for n, m in zip(counts, medians, strict=True)}}  # fmt: skip
+            "medians_ms_by_faces": {str(n): round(m, 3) for n, m in zip(counts, medians, strict=True)},
+            "frames_by_faces": {str(n): k for n, k in zip(counts, frames, strict=True)}}  # fmt: skip
 
 
 def bare_loop_fps(clip: Path, detector_model: Path, input_side: int | None = None) -> float:
@@ -181,13 +184,18 @@ def compare_daemon(clip: Path, detector_model: Path, repeats: int) -> dict:
     """The daemon against the bare loop (the target), and against the bare loop fed the same shrunk frames.
 
     Rounds are interleaved and each ratio is the median of the rounds' own ratios: this VM's speed drifts by 20%
-    within minutes, and a round's runs follow each other within seconds, so they share the machine's state.
+    within minutes, and a round's runs follow each other within seconds, so they share the machine's state. The
+    order within a round rotates, so running first or last favours none of them. The fps are medians over rounds.
     """
-    bare, shrunk, daemon = [], [], []
-    for _ in range(repeats):
-        bare.append(bare_loop_fps(clip, detector_model))
-        shrunk.append(bare_loop_fps(clip, detector_model, input_side=INPUT_SIDE))
-        daemon.append(daemon_fps(clip))
+    runs = {"bare": [], "shrunk": [], "daemon": []}
+    measure = {"bare": lambda: bare_loop_fps(clip, detector_model),
+               "shrunk": lambda: bare_loop_fps(clip, detector_model, input_side=INPUT_SIDE),
+               "daemon": lambda: daemon_fps(clip)}  # fmt: skip
+    order = list(measure)
+    for i in range(repeats):
+        for name in order[i % 3 :] + order[: i % 3]:
+            runs[name].append(measure[name]())
+    bare, shrunk, daemon = runs["bare"], runs["shrunk"], runs["daemon"]
     b, s, d = (float(np.median(x)) for x in (bare, shrunk, daemon))
     ratio = float(np.median([y / x for x, y in zip(bare, daemon, strict=True)]))
     ratio_to_shrunk = float(np.median([y / x for x, y in zip(shrunk, daemon, strict=True)]))
@@ -257,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="daemon vs bare loop rounds (default %(default)s)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
-    if args.frames < 1:
-        print("error: --frames must be at least 1", file=sys.stderr)
+    if args.frames < 1 or args.repeats < 1:
+        print(f"error: --{'frames' if args.frames < 1 else 'repeats'} must be at least 1", file=sys.stderr)
         return 2
     try:
         if args.source is None and not make_sample.WILD_ZIP.is_file():
@@ -292,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     print_runs(runs)
     fits = {name: fit for name, pairs in after_detect.items() if (fit := after_detection_fit(pairs)) is not None}
     print_fits(fits)
-    print(f"daemon vs bare decode+detect loop: {daemon['daemon_fps']} vs {daemon['bare_loop_fps']} frames/s, "
-          f"ratio {daemon['ratio']} (vs the loop fed frames halved towards {INPUT_SIDE} px like the daemon's: "
-          f"{daemon['bare_loop_shrunk_fps']} frames/s, ratio {daemon['ratio_to_shrunk']})")  # fmt: skip
+    print(f"daemon vs bare decode+detect loop: ratio {daemon['ratio']} (median of the rounds' own ratios; median "
+          f"frames/s {daemon['daemon_fps']} vs {daemon['bare_loop_fps']}); vs the loop fed frames halved towards "
+          f"{INPUT_SIDE} px like the daemon's: ratio {daemon['ratio_to_shrunk']} ({daemon['bare_loop_shrunk_fps']} "
+          f"frames/s)")  # fmt: skip
     print(f"live source fed too fast: {live['processed']} processed, {live['dropped']} dropped; capture-to-publish "
           f"p50 {live['capture_to_publish_p50_first_third_ms']} ms (first third) vs "
           f"{live['capture_to_publish_p50_last_third_ms']} ms (last third)")  # fmt: skip

@@ -63,6 +63,8 @@ def _blur_one(face: np.ndarray, sigma: float, out: np.ndarray | None = None) -> 
 
 def blur(faces: np.ndarray, sigma: float) -> np.ndarray:
     """(N, H, W) faces -> float32 (N, H, W), Gaussian-blurred with `sigma` pixels (0: converted only)."""
+    if faces.ndim != 3:
+        raise ValueError(f"expected faces of shape (N, H, W), got {faces.shape}")
     faces = _as_cv(faces)
     if sigma <= 0:
         return faces.astype(np.float32)

@@ -50,7 +50,11 @@ def test_blur_is_the_gaussian_with_a_reflected_border(faces: np.ndarray) -> None
 
 
 def test_preprocess_equals_the_trainers_batched_functions(faces: np.ndarray) -> None:
-    # the daemon's path against the functions training and export use on whole datasets
+    # the daemon's path against the functions training and export use on whole datasets, with flat faces whose
+    # std falls below the floor (the two paths scale those by the floor alike)
+    flat = np.full((2, 48, 48), 128, np.uint8)
+    flat[1, 20:28, 20:28] += 1
+    faces = np.concatenate((faces, flat))
     np.testing.assert_allclose(
         preprocess(faces, SPEC), center_crop(standardize(blur(faces, 2.75), SPEC), SPEC), atol=2e-5
     )
@@ -60,17 +64,18 @@ def test_preprocess_equals_the_trainers_batched_functions(faces: np.ndarray) -> 
     )
 
 
-def test_each_face_is_standardized_over_the_whole_face() -> None:
-    spec = PreprocessSpec(crop=48, blur_sigma=2.75)  # no centre crop: the statistics are visible in the output
-    rng = np.random.default_rng(0)
-    faces = rng.integers(0, 256, (5, 48, 48)).astype(np.uint8)
-    x = preprocess(faces, spec)
-    assert x.shape == (5, 1, 48, 48) and x.dtype == np.float32 and x.flags.c_contiguous
-    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 0, atol=1e-5)
-    np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1, atol=1e-4)
+def test_each_face_is_standardized_over_the_whole_face_before_the_centre_crop(faces: np.ndarray) -> None:
+    b = gaussian_as_matrix(48, SPEC.blur_sigma)
+    blurred = b @ faces.astype(np.float64) @ b.T
+    mean, std = blurred.mean(axis=(1, 2), keepdims=True), blurred.std(axis=(1, 2), keepdims=True)
+    x = preprocess(faces, SPEC)
+    assert x.shape == (len(faces), 1, 44, 44) and x.dtype == np.float32 and x.flags.c_contiguous
+    np.testing.assert_allclose(x[:, 0], ((blurred - mean) / std)[:, 2:46, 2:46], atol=1e-4)
+    # the crop's own statistics are not the whole face's: a path that standardized the crop would fail above
+    assert np.abs(x.mean(axis=(1, 2, 3))).max() > 0.01
 
 
-def test_a_flat_face_stays_finite_and_flat(faces: np.ndarray) -> None:
+def test_a_flat_face_stays_finite_and_flat() -> None:
     flat = np.full((2, 48, 48), 128, np.uint8)
     nearly = flat.copy()
     nearly[:, 20:28, 20:28] += 1  # std far below the floor: scaled by the floor, not blown up
@@ -94,3 +99,5 @@ def test_faces_of_the_wrong_shape_are_refused() -> None:
         preprocess(np.zeros((2, 44, 44), np.uint8), SPEC)
     with pytest.raises(ValueError, match="expected faces of shape"):
         preprocess(np.zeros((48, 48), np.uint8), SPEC)
+    with pytest.raises(ValueError, match=r"expected faces of shape \(N, H, W\)"):
+        blur(np.zeros((48, 48), np.uint8), SPEC.blur_sigma)
