@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import classifier as classifier_bench
 from benchmarks import latency
 from runtime.manifest import load_manifest
@@ -126,3 +128,17 @@ def test_wild_faces_pipeline_accuracy_per_class(model_dir, tmp_path):
     assert len(result["per_class"]) >= 5  # spread over the classes
     assert sum(map(sum, result["confusion"])) == result["faces_found"]
     assert 0 <= result["accuracy"] <= result["accuracy_found"] <= 1
+
+
+def test_crop_margin_reports_each_setting_and_their_mean(tmp_path):
+    from benchmarks import crop_margin
+
+    out = tmp_path / "crop_margin.json"
+    args = ["--margins", "0.1,0.2", "--centers", "0.25", "--json", str(out), "--examples", ""]
+    assert crop_margin.main(args) == 0
+    report = json.loads(out.read_text())
+    settings = {(r["margin"], r["center"]) for r in report["results"]}
+    assert settings == {(0.1, 0.25), (0.2, 0.25)} and report["photos"] == 210
+    mean = report["mean_over_settings"]
+    assert mean["accuracy_all"] == pytest.approx(sum(r["accuracy_all"] for r in report["results"]) / 2)
+    assert mean["nll"] == pytest.approx(sum(r["nll"] for r in report["results"]) / 2) and mean["nll"] > 0
