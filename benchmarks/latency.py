@@ -114,12 +114,12 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
                     ("processing", processing), ("capture_to_publish", (end - frame.capture_ns) / 1e6),
                 ):  # fmt: skip
                     per_stage[stage].append(ms)
-                if event["faces"]:  # everything after detection, shared out over the frame's faces
-                    per_stage["per_face"].append((processing - lat["detect"]) / len(event["faces"]))
+                if event["faces"]:  # everything after detection
                     after_detect.append((len(event["faces"]), processing - lat["detect"]))
                 faces += len(event["faces"])
             wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
             dropped = source.dropped
+    per_stage["per_face"] = [ms / n for n, ms in after_detect]  # shared out over the frame's faces
     n = len(per_stage["processing"])
     return {
         "engine": engine.name, "threads": threads, "tta_flip": classifier.tta_flip, "frames": n,
@@ -193,7 +193,7 @@ def compare_daemon(clip: Path, detector_model: Path, repeats: int) -> dict:
                "daemon": lambda: daemon_fps(clip)}  # fmt: skip
     order = list(measure)
     for i in range(repeats):
-        for name in order[i % 3 :] + order[: i % 3]:
+        for name in order[i % len(order) :] + order[: i % len(order)]:
             runs[name].append(measure[name]())
     bare, shrunk, daemon = runs["bare"], runs["shrunk"], runs["daemon"]
     b, s, d = (float(np.median(x)) for x in (bare, shrunk, daemon))
