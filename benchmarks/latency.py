@@ -9,6 +9,10 @@
    halves (Pipeline.process), so stage times are not blurred by overlap. Over the 1-, 4- and 8-face clips
    together, the time after detection is fitted as a cost per frame plus a cost per face (a line through the
    medians of frames with the same number of faces): what one more face in view costs.
+   The same work after detection is then timed frame by frame in three states of the machine, with flip TTA
+   and without (onnxruntime INT8, 1 thread): right after detection (as in the pipeline), after a 30 fps
+   camera's frame interval, and back to back (caches warm): what the code costs, and what this machine adds
+   for running it cold.
 2. `emotiond run` on the 1-face clip (the installed daemon, default config, events to /dev/null) against a
    bare sequential loop of OpenCV decode + MediaPipe detection over the same frames: the frame-rate ratio, the
    median of interleaved rounds' own ratios. Also against that loop shrinking each frame first as the daemon's
@@ -28,6 +32,7 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -59,6 +64,8 @@ GRIDS = {1: (1, 1, 240), 4: (2, 2, 200), 8: (4, 2, 150)}  # columns, rows, photo
 STAGES = ("decode", "detect", "crop", "classify", "publish", "per_face", "processing", "capture_to_publish")
 PER_FACE_GOAL_MS = 0.5  # crop + classify + track + publish per face: "well under a millisecond"
 SEGMENT = 15  # frames each set of photos stays on screen
+CAMERA_INTERVAL_S = 1 / 30  # a 30 fps camera's frame interval
+AFTER_DETECTION_STATES = ("right_after_detection", "after_camera_interval", "back_to_back")
 
 
 def build_clip(out: Path, faces: int, frames: int) -> Path:
@@ -86,6 +93,15 @@ def build_clip(out: Path, faces: int, frames: int) -> Path:
     return out
 
 
+def bench_pipeline(source, detector: FaceDetector, classifier, devnull) -> Pipeline:
+    """The daemon's pipeline with its default crop and tracker, publishing to `devnull`."""
+    return Pipeline(
+        source=source, detector=detector, cropper=FaceCropper(margin=DEFAULT_MARGIN), classifier=classifier,
+        tracker=Tracker(), builder=EventBuilder(new_session_id(), source.uri, classifier.model_id),
+        publisher=StdoutPublisher(devnull),
+    )  # fmt: skip
+
+
 def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: Path, args, live: bool = False) -> dict:
     """One pass of the real pipeline over `clip`; per-frame stage times and totals."""
     classifier = make_classifier(engine, threads, args.model, args.checkpoint)
@@ -94,11 +110,7 @@ def run_pipeline(clip: Path, engine: EngineSpec, threads: int, detector_model: P
     faces = 0
     with open("/dev/null", "wb") as devnull, FaceDetector(detector_model, "video") as detector:
         source = open_source(str(clip), live=live, prepare=detector_input)  # as the daemon: scaled in capture
-        pipeline = Pipeline(
-            source=source, detector=detector, cropper=FaceCropper(margin=DEFAULT_MARGIN), classifier=classifier,
-            tracker=Tracker(), builder=EventBuilder(new_session_id(), str(clip), classifier.model_id),
-            publisher=StdoutPublisher(devnull),
-        )  # fmt: skip
+        pipeline = bench_pipeline(source, detector, classifier, devnull)
         with source:
             cpu0, wall0 = time.process_time(), time.perf_counter()
             while (frame := source.read(timeout=30)) is not None:
@@ -146,6 +158,52 @@ def after_detection_fit(after_detect: list[tuple[int, float]], min_frames: int =
     return {"per_frame_ms": round(float(per_frame), 3), "per_face_ms": round(float(per_face), 3),
             "medians_ms_by_faces": {str(n): round(m, 3) for n, m in zip(counts, medians, strict=True)},
             "frames_by_faces": {str(n): k for n, k in zip(counts, frames, strict=True)}}  # fmt: skip
+
+
+def after_detection_states(clip: Path, detector_model: Path, args, tta_flip: bool) -> dict:
+    """The same frames' work after detection (crop, classify, track, event, publish; onnxruntime INT8, 1 thread)
+    timed in three states of the machine: right after MediaPipe detected the frame (as in the pipeline), after a
+    pause of a 30 fps camera's frame interval, and back to back (the same work just done twice before: caches and
+    predictors warm). The difference between the states is what the machine charges for running our code cold;
+    back to back is what the code itself costs. Lists of (faces, ms) pairs per state."""
+    classifier = make_classifier(EngineSpec("onnxruntime", "int8"), 1, args.model, args.checkpoint, tta_flip)
+    pairs: dict[str, list[tuple[int, float]]] = {state: [] for state in AFTER_DETECTION_STATES}
+    with open("/dev/null", "wb") as devnull, FaceDetector(detector_model, "video") as detector:
+        source = open_source(str(clip), prepare=detector_input)
+        pipeline = bench_pipeline(source, detector, classifier, devnull)
+        with source:
+            while (frame := source.read(timeout=30)) is not None:
+                item = pipeline.detect(frame)
+                faces = len(item.detections)
+                if not faces:
+                    continue
+                pairs["right_after_detection"].append((faces, _timed(pipeline.finish, item)))
+                time.sleep(CAMERA_INTERVAL_S)
+                pairs["after_camera_interval"].append((faces, _timed(pipeline.finish, item)))
+                pipeline.finish(item)
+                pairs["back_to_back"].append((faces, _timed(pipeline.finish, item)))
+    return pairs
+
+
+def _timed(fn: Callable, *args) -> float:
+    t0 = time.perf_counter_ns()
+    fn(*args)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def states_summary(pairs_by_clip: dict[int, dict[str, list[tuple[int, float]]]]) -> dict:
+    """Per state: p50 ms per face of each clip (as the runs' per_face) and the per-frame + per-face fit."""
+    out: dict = {}
+    for state in AFTER_DETECTION_STATES:
+        every = [p for pairs in pairs_by_clip.values() for p in pairs[state]]
+        out[state] = {
+            "frames_by_clip_faces": {str(k): len(pairs[state]) for k, pairs in pairs_by_clip.items()},
+            "per_face_p50_ms_by_clip_faces": {
+                str(k): percentiles([ms / n for n, ms in pairs[state]])["p50"] for k, pairs in pairs_by_clip.items()
+            },
+            "fit": after_detection_fit(every),
+        }
+    return out
 
 
 def bare_loop_fps(clip: Path, detector_model: Path, input_side: int | None = None) -> float:
@@ -232,6 +290,16 @@ def print_fits(fits: dict) -> None:
         print(f"after detection, {name}: {fit['per_frame_ms']} ms per frame + {fit['per_face_ms']} ms per face")
 
 
+def print_states(states: dict) -> None:
+    print("after detection, onnxruntime int8, 1 thread, ms per face (p50 by faces in the clip) by machine state:")
+    for flip, by_state in states.items():
+        for state, summary in by_state.items():
+            cells = "  ".join(f"{k} face(s) {v}" for k, v in summary["per_face_p50_ms_by_clip_faces"].items())
+            fit = summary["fit"]
+            line = f"{fit['per_frame_ms']} ms per frame + {fit['per_face_ms']} ms per face" if fit else "no fit"
+            print(f"  {flip:<8}{state:<24}{cells}   fit: {line}")
+
+
 def targets(runs: list[dict], daemon: dict, live: dict) -> dict:
     one = next((r for r in runs if r["clip_faces"] == 1 and r["threads"] == 1
                 and r["engine"] == "onnxruntime int8"), None)  # fmt: skip
@@ -290,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
                         runs.append({"clip_faces": k, **run})
                         print(f"  {k} face(s), {engine.name}, {threads} thread(s): {run['fps']} frames/s",
                               file=sys.stderr, flush=True)  # fmt: skip
+            states = {}
+            for flip in (True, False):
+                by_clip = {k: after_detection_states(clip, detector_model, args, flip) for k, clip in clips.items()}
+                states["flip" if flip else "no_flip"] = states_summary(by_clip)
             one_face = clips.get(1) or build_clip(Path(tmp) / "faces1.mp4", 1, args.frames)
             daemon = compare_daemon(one_face, detector_model, args.repeats)
             live_clip = build_clip(Path(tmp) / "live.mp4", 1, max(5 * args.frames, 150))
@@ -300,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     print_runs(runs)
     fits = {name: fit for name, pairs in after_detect.items() if (fit := after_detection_fit(pairs)) is not None}
     print_fits(fits)
+    print_states(states)
     print(f"daemon vs bare decode+detect loop: ratio {daemon['ratio']} (median of the rounds' own ratios; median "
           f"frames/s {daemon['daemon_fps']} vs {daemon['bare_loop_fps']}); vs the loop fed frames halved towards "
           f"{INPUT_SIDE} px like the daemon's: ratio {daemon['ratio_to_shrunk']} ({daemon['bare_loop_shrunk_fps']} "
@@ -312,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"target {name}: {value} -> {'met' if met else 'MISSED'}")
     if args.json:
         result = {"frames_per_clip": args.frames, "source": str(args.source) if args.source else "wild-faces clips",
-                  "runs": runs, "after_detection_fit": fits, "daemon_vs_bare": daemon, "live": live,
+                  "runs": runs, "after_detection_fit": fits, "after_detection_states": states, "daemon_vs_bare": daemon, "live": live,
                   "targets": goals}  # fmt: skip
         write_result(args.json, "latency", result)
     return 0

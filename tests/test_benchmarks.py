@@ -53,7 +53,19 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
     for fit in fits.values():
         assert "1" in fit["medians_ms_by_faces"] and len(fit["medians_ms_by_faces"]) >= 2, fit
         assert fit["per_face_ms"] > 0, fit  # each face adds a crop, two network inputs and a record
+    # the work after detection in three machine states, with and without flip TTA, on the same frames
+    states = result["after_detection_states"]
+    assert set(states) == {"flip", "no_flip"}
+    for by_state in states.values():
+        assert tuple(by_state) == latency.AFTER_DETECTION_STATES
+        frames = {state: summary["frames_by_clip_faces"] for state, summary in by_state.items()}
+        assert len({json.dumps(f) for f in frames.values()}) == 1, frames  # every frame timed in every state
+        for summary in by_state.values():
+            assert set(summary["per_face_p50_ms_by_clip_faces"]) == {"1", "4", "8"}
+            assert all(ms > 0 for ms in summary["per_face_p50_ms_by_clip_faces"].values()), summary
+            assert summary["fit"]["per_face_ms"] > 0, summary
     printed = capsys.readouterr().out
+    assert "back_to_back" in printed
     assert "daemon vs bare decode+detect loop" in printed and "target processing_p50<=5ms" in printed
     assert "ms per frame +" in printed
 
