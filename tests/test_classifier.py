@@ -97,3 +97,27 @@ def test_bad_classifier_settings_are_user_errors(model_dir: Path, kwargs: dict, 
 def test_a_folder_without_manifest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="manifest not found"):
         load_classifier(tmp_path)
+
+
+def test_onnxruntime_int8_pools_in_fp32_before_quantizing(model_dir: Path, faces: np.ndarray, tmp_path: Path) -> None:
+    """The daemon's onnxruntime session keeps the first max pool ahead of the first QuantizeLinear (FP32, in the
+    first conv's fast block) instead of letting onnxruntime move quantization up and pool uint8 in its slow
+    generic kernel; the logits stay bit-identical either way."""
+    import onnx
+    import onnxruntime as ort
+
+    from runtime.backends import onnxruntime_backend as orb
+    from runtime.manifest import load_manifest, verified_files
+
+    manifest, folder = load_manifest(model_dir)
+    model = verified_files(manifest, folder, manifest.find("onnxruntime", "int8")[1])[0]
+    ours = orb.make_session(model, 1, save_optimized=tmp_path / "ours.onnx")
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "ours.onnx")).graph.node]
+    assert ops.index("MaxPool") < ops.index("QuantizeLinear"), ops
+    so = ort.SessionOptions()  # onnxruntime's defaults, every pass on
+    so.optimized_model_filepath = str(tmp_path / "default.onnx")
+    default = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "default.onnx")).graph.node]
+    assert ops.index("QuantizeLinear") < ops.index("MaxPool"), ops  # what the disabled pass does
+    x = {ours.get_inputs()[0].name: preprocess(faces, load_classifier(model_dir).spec, mirrors=True)}
+    np.testing.assert_array_equal(ours.run(None, x)[0], default.run(None, x)[0])
