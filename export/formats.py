@@ -117,7 +117,7 @@ def quantize_onnx_int8(prep: Prepared, fp32: Path, path: Path) -> list[Path]:
     one face and its mirror: U8U8 97.5%, 0.24 ms; U8S8 with 8-bit weights 80.7%; U8S8 7-bit 97.1%, 0.18 ms;
     U8S8 7-bit with the first conv FP32 98.1%, 0.19 ms, and the FP32 model's accuracy. The teacher checkpoint,
     exported the same way, agrees on 98.5% (U8U8: 97.2%). These times predate the runtime's session keeping the
-    first max pool in FP32 (runtime/backends/onnxruntime_backend.py), which takes about a quarter off.
+    first max pool in FP32 (runtime/backends/onnxruntime_backend.py), which takes a fifth to a third off.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static

@@ -90,7 +90,7 @@ class ClassifierConfig(_Section):
     tta_flip: bool | None = Field(
         None,
         description="Average each face with its mirror image (one batch of face and mirror): +1.3 points on FER2013 "
-        "PublicTest and +1.4 on the wild-faces photos, for about 0.1 ms more per face with the shipped model; "
+        "PublicTest and +1.4 on the wild-faces photos, for 0.1-0.15 ms more per face with the shipped model; "
         "null: as the model's manifest recommends (the shipped model's: true).",
     )
 

@@ -99,25 +99,26 @@ def test_a_folder_without_manifest_is_refused(tmp_path: Path) -> None:
         load_classifier(tmp_path)
 
 
-def test_onnxruntime_int8_pools_in_fp32_before_quantizing(model_dir: Path, faces: np.ndarray, tmp_path: Path) -> None:
+def test_onnxruntime_int8_pools_in_fp32_before_quantizing(model_dir: Path, tmp_path: Path) -> None:
     """The daemon's onnxruntime session keeps the first max pool ahead of the first QuantizeLinear (FP32, in the
-    first conv's fast block) instead of letting onnxruntime move quantization up and pool uint8 in its slow
-    generic kernel; the logits stay bit-identical either way."""
+    first conv's fast block); with all of onnxruntime's passes on, quantization moves ahead of the pool, which then
+    runs on uint8 in a slow generic kernel. The logits are bit-identical either way."""
     import onnx
-    import onnxruntime as ort
 
-    from runtime.backends import onnxruntime_backend as orb
+    from runtime.backends.onnxruntime_backend import make_session
     from runtime.manifest import load_manifest, verified_files
 
     manifest, folder = load_manifest(model_dir)
     model = verified_files(manifest, folder, manifest.find("onnxruntime", "int8")[1])[0]
-    ours = orb.make_session(model, 1, save_optimized=tmp_path / "ours.onnx")
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "ours.onnx")).graph.node]
-    assert ops.index("MaxPool") < ops.index("QuantizeLinear"), ops
-    so = ort.SessionOptions()  # onnxruntime's defaults, every pass on
-    so.optimized_model_filepath = str(tmp_path / "default.onnx")
-    default = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "default.onnx")).graph.node]
-    assert ops.index("QuantizeLinear") < ops.index("MaxPool"), ops  # what the disabled pass does
-    x = {ours.get_inputs()[0].name: preprocess(faces, load_classifier(model_dir).spec, mirrors=True)}
-    np.testing.assert_array_equal(ours.run(None, x)[0], default.run(None, x)[0])
+    ops = {}
+    sessions = {}
+    for name, all_passes in (("runtime", False), ("all_passes", True)):
+        saved = tmp_path / f"{name}.onnx"
+        sessions[name] = make_session(model, 1, save_optimized=saved, all_passes=all_passes)
+        ops[name] = [n.op_type for n in onnx.load(str(saved)).graph.node]
+        assert {"MaxPool", "QuantizeLinear"} <= set(ops[name]), ops[name]
+    assert ops["runtime"].index("MaxPool") < ops["runtime"].index("QuantizeLinear"), ops["runtime"]
+    assert ops["all_passes"].index("QuantizeLinear") < ops["all_passes"].index("MaxPool"), ops["all_passes"]
+    faces = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
+    x = {sessions["runtime"].get_inputs()[0].name: preprocess(faces, manifest.spec, mirrors=True)}
+    np.testing.assert_array_equal(sessions["runtime"].run(None, x)[0], sessions["all_passes"].run(None, x)[0])
