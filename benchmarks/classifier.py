@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.engines import (
+    CAMERA_INTERVAL_S,
     DATASETS,
     DEFAULT_CHECKPOINT,
     EXPORTED,
@@ -38,7 +39,6 @@ from trainer.data import load as load_faces
 
 FER_ZIP = DATASETS / "fer2013" / "fer2013.zip"
 BATCHES = (1, 8, 32)
-CAMERA_INTERVAL_S = 1 / 30
 SIDE_BY_SIDE_BATCHES = (1, 2, 8, 16)  # 2: one face and its mirror, as the daemon's flip TTA runs it
 ALL_PASSES = "onnxruntime int8, all onnxruntime passes"
 
@@ -49,9 +49,10 @@ def sample_faces(n: int = 64) -> tuple[np.ndarray, str]:
     return np.random.default_rng(0).integers(0, 256, (n, 48, 48), dtype=np.uint8), "random"
 
 
-def time_call(fn, seconds: float, pause_s: float = 0.0, min_calls: int = 20) -> float:
-    """Median wall time of one call in ms, after a warm-up; pause_s > 0 sleeps that long before each call."""
-    for _ in range(5):
+def time_call(fn, seconds: float, pause_s: float = 0.0, min_calls: int = 20, warmups: int = 5) -> float:
+    """Median wall time of one call in ms, after `warmups` calls; pause_s > 0 sleeps that long before each call.
+    At least min_calls calls, and as many more as fit in `seconds`."""
+    for _ in range(warmups):
         fn()
     times = []
     end = time.perf_counter() + seconds
@@ -105,21 +106,14 @@ def side_by_side(faces: np.ndarray, model_dir: Path, rounds: int, calls: int = 3
     session = make_session(int8_file, 1, all_passes=True)
     name = session.get_inputs()[0].name
     nets[ALL_PASSES] = lambda x: session.run(None, {name: x})[0]
-    spec = make_classifier(EngineSpec("onnxruntime", "int8"), 1, model_dir).spec
-    inputs = {b: preprocess(faces[:b], spec) for b in SIDE_BY_SIDE_BATCHES}
+    inputs = {b: preprocess(faces[:b], manifest.spec) for b in SIDE_BY_SIDE_BATCHES}
     ms: dict[tuple[str, int], list[float]] = {(n, b): [] for n in nets for b in inputs}
     order = list(nets)
     for r in range(rounds):
         for batch, x in inputs.items():
             for n in order[r % len(order) :] + order[: r % len(order)]:
-                fn = nets[n]
-                fn(x)
-                times = []
-                for _ in range(calls):
-                    t0 = time.perf_counter_ns()
-                    fn(x)
-                    times.append(time.perf_counter_ns() - t0)
-                ms[n, batch].append(float(np.median(times)) / 1e6 / batch)
+                burst = time_call(lambda net=nets[n], x=x: net(x), 0.0, min_calls=calls, warmups=1)
+                ms[n, batch].append(burst / batch)
 
     def ratio(slow: str, fast: str, batch: int) -> float:
         return round(float(np.median([s / f for s, f in zip(ms[slow, batch], ms[fast, batch], strict=True)])), 2)

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = REPO / "models" / "default" / "best.pt"
 DATASETS = REPO.parent / "shared" / "datasets"  # beside the repository, as CI runs it
 EXPORTED = [("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")]
+CAMERA_INTERVAL_S = 1 / 30  # a 30 frames/s camera's frame interval: the daemon's pace behind a webcam
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 
 from benchmarks.engines import (
+    CAMERA_INTERVAL_S,
     DEFAULT_CHECKPOINT,
     EngineSpec,
     all_engines,
@@ -64,7 +65,6 @@ GRIDS = {1: (1, 1, 240), 4: (2, 2, 200), 8: (4, 2, 150)}  # columns, rows, photo
 STAGES = ("decode", "detect", "crop", "classify", "publish", "per_face", "processing", "capture_to_publish")
 PER_FACE_GOAL_MS = 0.5  # crop + classify + track + publish per face: "well under a millisecond"
 SEGMENT = 15  # frames each set of photos stays on screen
-CAMERA_INTERVAL_S = 1 / 30  # a 30 fps camera's frame interval
 AFTER_DETECTION_STATES = ("right_after_detection", "after_camera_interval", "back_to_back")
 TTA_SETTINGS = {"flip": True, "no_flip": False}  # flip TTA on and off, as labelled in the results
 
