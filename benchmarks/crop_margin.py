@@ -66,7 +66,7 @@ def evaluate(model, spec, tta_flip: bool, grays, found, labels, cropper: FaceCro
 
     keep = [i for i, d in enumerate(found) if d is not None]
     crops = np.concatenate([cropper.crop(grays[i], [found[i]]) for i in keep])
-    probs = predict_with_tta(model, preprocess(crops, spec), tta_flip=tta_flip)  # the checkpoint's blur too
+    probs = predict_with_tta(model, preprocess(crops, spec), tta_flip=tta_flip)
     preds = probs.argmax(1)
     s = summarize(confusion_matrix(labels[keep], preds))
     mean_crop = crops.astype(np.float64).mean(0)

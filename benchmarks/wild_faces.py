@@ -52,7 +52,8 @@ def run_daemon(folder: Path, extra: list[str]) -> list[dict]:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise UserError(f"emotiond run failed (exit {proc.returncode}): {last}")
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    events = (json.loads(line) for line in proc.stdout.splitlines() if line.strip())
+    return [e for e in events if e["type"] == "frame"]  # status and stats events say nothing of a photo
 
 
 def score(events: list[dict], truth: dict[str, int]) -> dict:

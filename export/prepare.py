@@ -54,7 +54,7 @@ def prepare(checkpoint_path: Path, data_path: Path, calib_size: int, parity_size
         raise UserError(f"{data_path} has {len(test)} PublicTest images, the gates need at least {parity_size}")
     rng = np.random.default_rng(SEED)
     calib_faces = train.images[np.sort(rng.choice(len(train), calib_size, replace=False))]
-    calib = preprocess(calib_faces, spec, already_blurred=True)  # Training faces carry the blur (trainer/blur.py)
+    calib = preprocess(calib_faces, spec)
     parity = preprocess(test.images[np.sort(rng.choice(len(test), parity_size, replace=False))], spec)
     # logged only now: bad input gets its one-line error with nothing before it
     log(f"checkpoint {checkpoint_path}: {ckpt['arch']} {ckpt.get('model_args')}, epoch {ckpt.get('epoch')}")

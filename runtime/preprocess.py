@@ -8,7 +8,6 @@ NumPy and OpenCV only (runtime dependencies both): the runtime must not need tor
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -21,23 +20,22 @@ class PreprocessSpec:
     channels: int = 1
     normalize: str = "per_image"  # each face: subtract its mean, divide by its std
     std_floor: float = 0.02  # keeps flat (nearly uniform) crops from blowing up
-    # Gaussian blur (sigma in pixels of the 48x48 face) applied to every face before it is
-    # standardized, so sharp camera crops look like the training images; 0 = none. The shared
-    # FER2013 Training split is blurred while its test split is sharp: trainer/blur.py measures it.
-    blur_sigma: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
+        """The spec a checkpoint or manifest wrote. Older ones may carry `blur_sigma` (a Gaussian blur every face
+        got before standardization, to match blurred training images): 0 is no blur and is dropped; any other
+        value raises BlurredSpecError, since this version never blurs and would feed such a model sharp faces."""
+        d = dict(d)
+        if "blur_sigma" in d:
+            sigma = d.pop("blur_sigma")
+            if isinstance(sigma, bool) or sigma != 0:
+                raise BlurredSpecError(sigma)
         spec = cls(**d)
-        if (
-            spec.normalize != "per_image"
-            or spec.channels != 1
-            or not 0 < spec.crop <= spec.size
-            or not 0 <= spec.blur_sigma <= 10
-        ):
+        if spec.normalize != "per_image" or spec.channels != 1 or not 0 < spec.crop <= spec.size:
             raise ValueError(f"unsupported preprocessing spec: {d}")
         return spec
 
@@ -47,31 +45,17 @@ class PreprocessSpec:
         return (self.channels, self.crop, self.crop)
 
 
+class BlurredSpecError(ValueError):
+    """A spec written when faces were blurred to match blurred training images (`blur_sigma` > 0): unsupported.
+
+    The message completes a sentence that names the model: "model set X was <message>: <what to do>"."""
+
+    def __init__(self, sigma: object) -> None:
+        self.sigma = sigma
+        super().__init__(f"trained on blurred faces (blur_sigma {sigma}), which this version no longer supports")
+
+
 DEFAULT_SPEC = PreprocessSpec()
-
-
-@lru_cache(maxsize=8)
-def _blur_kernel(sigma: float) -> np.ndarray:
-    """The Gaussian's taps out to 3 sigma, applied along rows, then columns, with a reflect-101 border."""
-    return cv2.getGaussianKernel(2 * max(1, round(3 * sigma)) + 1, sigma, cv2.CV_32F)
-
-
-def _blur_one(face: np.ndarray, sigma: float, out: np.ndarray | None = None) -> np.ndarray:
-    kernel = _blur_kernel(sigma)
-    return cv2.sepFilter2D(face, cv2.CV_32F, kernel, kernel, dst=out, borderType=cv2.BORDER_REFLECT_101)
-
-
-def blur(faces: np.ndarray, sigma: float) -> np.ndarray:
-    """(N, H, W) faces -> float32 (N, H, W), Gaussian-blurred with `sigma` pixels (0: converted only)."""
-    if faces.ndim != 3:
-        raise ValueError(f"expected faces of shape (N, H, W), got {faces.shape}")
-    faces = _as_cv(faces)
-    if sigma <= 0:
-        return faces.astype(np.float32)
-    out = np.empty(faces.shape, np.float32)
-    for face, dst in zip(faces, out, strict=True):
-        _blur_one(face, float(sigma), dst)
-    return out
 
 
 def _as_cv(faces: np.ndarray) -> np.ndarray:
@@ -105,14 +89,11 @@ def center_crop(x: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC) -> np.ndarra
     return np.ascontiguousarray(x[:, None, off : off + spec.crop, off : off + spec.crop])
 
 
-def preprocess(
-    faces: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC, already_blurred: bool = False, mirrors: bool = False
-) -> np.ndarray:
+def preprocess(faces: np.ndarray, spec: PreprocessSpec = DEFAULT_SPEC, mirrors: bool = False) -> np.ndarray:
     """uint8 (N, size, size) gray faces -> float32 (N, 1, crop, crop) model input.
 
-    The same maths as center_crop(standardize(blur(faces))), one face at a time in OpenCV: with the few faces a
+    The same maths as center_crop(standardize(faces)), one face at a time in OpenCV: with the few faces a
     frame holds, numpy's per-call cost over a whole batch was 3x the arithmetic (tests check both agree).
-    already_blurred: the faces come from the training split, which carries the blur already.
     mirrors: append each input's mirror image (2N inputs: the faces, then their mirrors) for flip TTA.
     """
     _check_faces(faces, spec)
@@ -120,13 +101,11 @@ def preprocess(
     n, c = len(faces), spec.crop
     off = (spec.size - c) // 2
     out = np.empty((2 * n if mirrors else n, 1, c, c), np.float32)
-    sigma = 0.0 if already_blurred else spec.blur_sigma
     floor = spec.std_floor * 255.0  # std_floor is in units of [0, 1] pixel values, the faces are in [0, 255]
     for i, face in enumerate(faces):
-        x = _blur_one(face, sigma) if sigma > 0 else face
-        mean, std = cv2.meanStdDev(x)  # over the whole face, as standardize
+        mean, std = cv2.meanStdDev(face)  # over the whole face, as standardize
         scale = 1.0 / max(float(std[0, 0]), floor)
-        roi = x[off : off + c, off : off + c]
+        roi = face[off : off + c, off : off + c]
         # (roi - mean) * scale, written straight into the batch
         cv2.addWeighted(roi, scale, roi, 0.0, -float(mean[0, 0]) * scale, dst=out[i, 0], dtype=cv2.CV_32F)
         if mirrors:

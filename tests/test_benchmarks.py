@@ -42,11 +42,10 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
     assert live["processed"] >= 1 and live["processed"] + live["dropped"] <= live["frames_in_clip"]
     assert result["machine"]["cores"] >= 1 and result["machine"]["versions"]["onnxruntime"]
     assert set(result["targets"]) >= {"daemon_vs_bare_ratio>=1.0", "processing_p50<=5ms", "live_latency_flat"}
-    for r in result["runs"]:  # the per-face goal is judged on the daemon's default engine, one thread
-        if r["engine"] == "onnxruntime int8" and r["threads"] == 1:
-            p50 = r["stages_ms"]["per_face"]["p50"]
-            goal = latency.PER_FACE_GOAL_MS
-            assert result["targets"][f"per_face_{r['clip_faces']}_faces_p50<={goal}ms"] == [p50, p50 <= goal]
+    # the per-face budget is judged on the daemon's default engine, one thread, fitted over the clips
+    fit = result["after_detection_fit"]["onnxruntime int8, 1 thread(s)"]["per_face_ms"]
+    budget = latency.PER_FACE_BUDGET_MS
+    assert result["targets"][f"per_face_fit<={budget}ms"] == [fit, fit <= budget]
     # the per-frame + per-face fit of the time after detection, for every engine and thread count
     fits = result["after_detection_fit"]
     assert set(fits) == {f"{r['engine']}, {r['threads']} thread(s)" for r in result["runs"]}

@@ -160,3 +160,34 @@ def test_evaluate_cli_reports_bad_data_in_one_line(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: model not found")
+
+
+def test_sharpness_warning_fires_when_one_split_is_blurred_and_not_on_sharp_splits():
+    """The data report's check against altered editions: Training and the eval split compared by median Laplacian
+    variance; a warning only, nothing is blurred to match."""
+    import cv2
+
+    from trainer.sharpness import RATIO, compare_splits, sharpness
+
+    faces = data.load(FER_ZIP)
+    train, test = faces.split("Training").images, faces.split("PublicTest").images
+    report, warning = compare_splits(train, test, "PublicTest")
+    assert warning is None, warning  # the shared edition is sharp in every split
+    assert report.startswith("sharpness (median Laplacian variance): Training ") and "PublicTest" in report
+    assert 1 / 1.5 < sharpness(train) / sharpness(test) < 1.5
+
+    sharp_a, sharp_b = test[:600], test[600:1200]  # real faces, two disjoint halves of one split
+    assert compare_splits(sharp_a, sharp_b, "PublicTest")[1] is None
+
+    def blurred(images: np.ndarray, sigma: float) -> np.ndarray:
+        return np.stack([cv2.GaussianBlur(face, (0, 0), sigma) for face in images])
+
+    # the edition once shared: Training blurred with sigma ~2.75 px at 48x48, PublicTest sharp
+    _, warning = compare_splits(blurred(sharp_a, 2.75), sharp_b, "PublicTest")
+    assert warning is not None and warning.startswith("warning: ") and "\n" not in warning
+    assert "the Training images look blurred" in warning
+    _, warning = compare_splits(sharp_a, blurred(sharp_b, 1.0), "PublicTest")  # the other way round, milder
+    assert warning is not None and "the PublicTest images look blurred" in warning
+    # a trace of blur (sigma 0.5: about 2x less sharp) stays under the threshold
+    assert sharpness(sharp_a) / sharpness(blurred(sharp_a, 0.5)) < RATIO
+    assert compare_splits(blurred(sharp_a, 0.5), sharp_b, "PublicTest")[1] is None

@@ -18,7 +18,7 @@ from runtime.classifier import load_classifier
 from runtime.errors import UserError
 from runtime.labels import LABELS
 from runtime.manifest import sha256_file
-from runtime.preprocess import DEFAULT_SPEC, preprocess
+from runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, preprocess
 
 REPO = Path(__file__).resolve().parents[1]
 FER_ZIP = REPO.parent / "shared" / "datasets" / "fer2013" / "fer2013.zip"
@@ -95,7 +95,9 @@ def test_manifest_describes_source_data_files_and_metrics(manifest: dict, export
 
     ckpt = torch.load(source, map_location="cpu", weights_only=False)
     assert manifest["labels"] == list(LABELS)
-    assert manifest["preprocess"] == ckpt["preprocess"]  # the checkpoint's contract, input blur included
+    # the checkpoint's contract, as this version reads it (an old checkpoint's blur_sigma 0 is dropped)
+    assert manifest["preprocess"] == PreprocessSpec.from_dict(ckpt["preprocess"]).to_dict()
+    assert "blur_sigma" not in manifest["preprocess"]
     assert manifest["input"]["shape"] == ["batch", *DEFAULT_SPEC.input_shape]
     assert manifest["output"]["shape"] == ["batch", len(LABELS)]
     assert manifest["tta_flip"] == ckpt["tta_flip"]
@@ -212,7 +214,7 @@ def test_runtime_refuses_a_manifest_whose_input_spec_disagrees_with_the_model(ex
     m = json.loads((folder / "manifest.json").read_text())
     m["input"]["shape"], m["preprocess"]["crop"] = shape, crop  # a self-consistent manifest, a model that is not
     (folder / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(UserError, match="input shape"):
+    with pytest.raises(UserError, match=r"input[ .]shape"):  # the manifest check or the model check
         load_classifier(folder, backend, "fp32")
 
 
@@ -252,6 +254,11 @@ BAD_INPUTS = {
         lambda src, tmp: ["--checkpoint", _other_architecture(src, tmp / "other.pt")],
         "weights do not fit architecture",
     ),
+    "checkpoint trained on blurred faces": (
+        lambda src, tmp: ["--checkpoint", _blurred(src, tmp / "blurred.pt")],
+        "blurred.pt was trained on blurred faces (blur_sigma 2.75), which this version no longer supports: "
+        "retrain it on sharp data",
+    ),
     "calibration data missing": (
         lambda src, tmp: ["--checkpoint", src, "--data", tmp / "missing.zip"],
         "calibration data: dataset not found",
@@ -269,6 +276,18 @@ BAD_INPUTS = {
         "refusing to replace",
     ),
 }
+
+
+def _blurred(source: Path, path: Path) -> Path:
+    """The checkpoint as the old trainer wrote it for the blurred FER2013 edition: a preprocess spec with blur_sigma."""
+    import torch
+
+    from trainer import checkpoint
+
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    ckpt["preprocess"] = {**ckpt["preprocess"], "blur_sigma": 2.75}
+    checkpoint.save(path, {k: v for k, v in ckpt.items() if k != "format"})
+    return path
 
 
 def _truncated(src: Path, path: Path) -> Path:

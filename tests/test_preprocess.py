@@ -1,5 +1,6 @@
 """The preprocessing contract on real FER2013 faces: the daemon's per-face OpenCV path computes exactly what the
-trainer's batched NumPy functions compute, blur included, and flip TTA's mirrors are the inputs mirrored."""
+trainer's batched NumPy functions compute, and flip TTA's mirrors are the inputs mirrored. Specs written before the
+input blur contract was removed load when they carry no blur and are refused when they do."""
 
 from __future__ import annotations
 
@@ -8,69 +9,53 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.preprocess import PreprocessSpec, blur, center_crop, preprocess, standardize
+from runtime.preprocess import DEFAULT_SPEC, BlurredSpecError, PreprocessSpec, center_crop, preprocess, standardize
 
-SPEC = PreprocessSpec(blur_sigma=2.75)  # the shipped model's contract
+SPEC = DEFAULT_SPEC
 
 
 @pytest.fixture(scope="module")
 def faces(datasets: Path) -> np.ndarray:
-    """40 real PublicTest faces, uint8 (40, 48, 48)."""
+    """40 real PublicTest and 40 real Training faces, uint8 (80, 48, 48)."""
     fer = datasets / "fer2013" / "fer2013.zip"
     if not fer.is_file():
         pytest.skip(f"FER2013 not found at {fer}")
     from trainer import data
 
-    test = data.load(fer).split("PublicTest")
-    return test.images[np.linspace(0, len(test) - 1, 40).astype(int)]
-
-
-def gaussian_as_matrix(size: int, sigma: float) -> np.ndarray:
-    """B with B @ face @ B.T the Gaussian blur (taps to 3 sigma, reflect-101 border), built tap by tap."""
-    radius = max(1, round(3 * sigma))
-    taps = np.arange(-radius, radius + 1)
-    weights = np.exp(-0.5 * (taps / sigma) ** 2)
-    weights /= weights.sum()
-    b = np.zeros((size, size))
-    for i in range(size):
-        for t, w in zip(taps, weights, strict=True):
-            j = abs(i + t)  # reflect-101: -1 -> 1, size -> size - 2
-            b[i, 2 * (size - 1) - j if j > size - 1 else j] += w
-    return b
-
-
-def test_blur_is_the_gaussian_with_a_reflected_border(faces: np.ndarray) -> None:
-    b = gaussian_as_matrix(48, SPEC.blur_sigma)
-    expected = b @ faces.astype(np.float64) @ b.T
-    got = blur(faces, SPEC.blur_sigma)
-    assert got.dtype == np.float32 and got.shape == faces.shape
-    np.testing.assert_allclose(got, expected, atol=1e-3)  # pixel values 0..255
-    assert np.abs(got - faces).max() > 20  # and it does blur
-    np.testing.assert_array_equal(blur(faces, 0), faces.astype(np.float32))
+    faces = data.load(fer)
+    picked = []
+    for split in ("PublicTest", "Training"):
+        images = faces.split(split).images
+        picked.append(images[np.linspace(0, len(images) - 1, 40).astype(int)])
+    return np.concatenate(picked)
 
 
 def test_preprocess_equals_the_trainers_batched_functions(faces: np.ndarray) -> None:
-    # the daemon's path against the functions training and export use on whole datasets, with flat faces whose
-    # std falls below the floor (the two paths scale those by the floor alike)
+    # the daemon's path against the functions training (standardize, then crops) and export use on whole datasets,
+    # with flat faces whose std falls below the floor (the two paths scale those by the floor alike)
     flat = np.full((2, 48, 48), 128, np.uint8)
     flat[1, 20:28, 20:28] += 1
     faces = np.concatenate((faces, flat))
-    np.testing.assert_allclose(
-        preprocess(faces, SPEC), center_crop(standardize(blur(faces, 2.75), SPEC), SPEC), atol=2e-5
-    )
-    # Training faces carry the blur already: no second blur, the trainer's standardize + centre crop exactly
-    np.testing.assert_allclose(
-        preprocess(faces, SPEC, already_blurred=True), center_crop(standardize(faces, SPEC), SPEC), atol=2e-5
-    )
+    batched = center_crop(standardize(faces, SPEC), SPEC)
+    np.testing.assert_allclose(preprocess(faces, SPEC), batched, atol=2e-5)
+    # training's augmentation with every change off is that same centre crop of the standardized faces
+    import torch
+
+    from trainer.augment import augment_batch
+    from trainer.config import AugmentConfig
+
+    off = AugmentConfig(rotate_deg=0, scale=(1, 1), translate_px=0, flip=False, brightness=0, contrast=0, erase_p=0)
+    x = torch.from_numpy(standardize(faces, SPEC)).unsqueeze(1)
+    trained_on = augment_batch(x, SPEC.crop, off, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(preprocess(faces, SPEC), trained_on, atol=1e-4)
 
 
 def test_each_face_is_standardized_over_the_whole_face_before_the_centre_crop(faces: np.ndarray) -> None:
-    b = gaussian_as_matrix(48, SPEC.blur_sigma)
-    blurred = b @ faces.astype(np.float64) @ b.T
-    mean, std = blurred.mean(axis=(1, 2), keepdims=True), blurred.std(axis=(1, 2), keepdims=True)
+    f = faces.astype(np.float64)
+    mean, std = f.mean(axis=(1, 2), keepdims=True), f.std(axis=(1, 2), keepdims=True)
     x = preprocess(faces, SPEC)
     assert x.shape == (len(faces), 1, 44, 44) and x.dtype == np.float32 and x.flags.c_contiguous
-    np.testing.assert_allclose(x[:, 0], ((blurred - mean) / std)[:, 2:46, 2:46], atol=1e-4)
+    np.testing.assert_allclose(x[:, 0], ((f - mean) / std)[:, 2:46, 2:46], atol=1e-4)
     # the crop's own statistics are not the whole face's: a path that standardized the crop would fail above
     assert np.abs(x.mean(axis=(1, 2, 3))).max() > 0.01
 
@@ -99,5 +84,27 @@ def test_faces_of_the_wrong_shape_are_refused() -> None:
         preprocess(np.zeros((2, 44, 44), np.uint8), SPEC)
     with pytest.raises(ValueError, match="expected faces of shape"):
         preprocess(np.zeros((48, 48), np.uint8), SPEC)
-    with pytest.raises(ValueError, match=r"expected faces of shape \(N, H, W\)"):
-        blur(np.zeros((48, 48), np.uint8), SPEC.blur_sigma)
+
+
+def test_a_spec_is_written_without_blur_and_read_back() -> None:
+    assert "blur_sigma" not in SPEC.to_dict()
+    assert PreprocessSpec.from_dict(SPEC.to_dict()) == SPEC
+
+
+@pytest.mark.parametrize("zero", [0, 0.0])
+def test_an_old_spec_without_blur_loads_as_todays(zero: float) -> None:
+    assert PreprocessSpec.from_dict(SPEC.to_dict() | {"blur_sigma": zero}) == SPEC
+
+
+@pytest.mark.parametrize("sigma", [2.75, 0.5, "auto", None, True])
+def test_an_old_spec_with_blur_is_refused(sigma: object) -> None:
+    with pytest.raises(BlurredSpecError, match=r"trained on blurred faces \(blur_sigma .*\), which this version") as e:
+        PreprocessSpec.from_dict(SPEC.to_dict() | {"blur_sigma": sigma})
+    assert e.value.sigma == sigma and isinstance(e.value, ValueError)
+
+
+def test_an_unknown_or_unsupported_spec_is_refused() -> None:
+    with pytest.raises(TypeError):
+        PreprocessSpec.from_dict(SPEC.to_dict() | {"sharpen": 1.0})
+    with pytest.raises(ValueError, match="unsupported preprocessing spec"):
+        PreprocessSpec.from_dict(SPEC.to_dict() | {"crop": 50})

@@ -56,3 +56,30 @@ def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Gener
         noise = torch.randn(out.shape, generator=g)
         out = torch.where(box.unsqueeze(1), noise, out)
     return out
+
+
+def cutmix(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, tuple | None]:
+    """CutMix (Yun et al., 2019) on a batch, with probability cfg.cutmix_p: a box of each face is pasted from
+    another face of the batch. Returns the batch and (permutation, lam), lam the share of each face that stayed
+    its own, for mixed_loss; (x, None) when not applied."""
+    if cfg.cutmix_p <= 0 or torch.rand(1, generator=g).item() >= cfg.cutmix_p:
+        return x, None
+    n, _, h, w = x.shape
+    lam = float(torch.distributions.Beta(cfg.cutmix_alpha, cfg.cutmix_alpha).sample().item())
+    cut = math.sqrt(1 - lam)
+    bh, bw = round(h * cut), round(w * cut)
+    cy, cx = int(torch.randint(h, (1,), generator=g)), int(torch.randint(w, (1,), generator=g))
+    y0, y1 = max(cy - bh // 2, 0), min(cy + bh - bh // 2, h)
+    x0, x1 = max(cx - bw // 2, 0), min(cx + bw - bw // 2, w)
+    perm = torch.randperm(n, generator=g)
+    x = x.clone()
+    x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
+    return x, (perm, 1 - (y1 - y0) * (x1 - x0) / (h * w))
+
+
+def mixed_loss(loss_of, targets: torch.Tensor, mixed: tuple | None) -> torch.Tensor:
+    """loss_of(targets), or for a CutMix batch the blend lam * loss_of(targets) + (1 - lam) * loss_of(pasted)."""
+    if mixed is None:
+        return loss_of(targets)
+    perm, lam = mixed
+    return lam * loss_of(targets) + (1 - lam) * loss_of(targets[perm])

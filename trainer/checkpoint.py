@@ -10,7 +10,7 @@ from torch import nn
 
 from runtime.errors import UserError
 from runtime.labels import LABELS
-from runtime.preprocess import PreprocessSpec
+from runtime.preprocess import BlurredSpecError, PreprocessSpec
 from trainer.models import build_model
 
 FORMAT = "emotiond-checkpoint/1"
@@ -41,10 +41,23 @@ def load(path: str | Path) -> dict:
 
 def build(ckpt: dict, path: str | Path = "checkpoint") -> tuple[nn.Module, PreprocessSpec]:
     """The checkpoint's model (eval mode, inference weights) and its preprocessing spec."""
+    preprocessing = spec(ckpt, path)  # a spec this version cannot honour is refused before the weights are read
     try:
         model = build_model(ckpt["arch"], **ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except (KeyError, ValueError, RuntimeError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{path}: weights do not fit architecture {ckpt.get('arch')!r} ({first[:160]})") from None
-    return model.eval(), PreprocessSpec.from_dict(ckpt["preprocess"])
+    return model.eval(), preprocessing
+
+
+def spec(ckpt: dict, path: str | Path = "checkpoint") -> PreprocessSpec:
+    """The checkpoint's preprocessing spec; a checkpoint trained on blurred faces (old `blur_sigma` > 0) is refused."""
+    try:
+        return PreprocessSpec.from_dict(ckpt["preprocess"])
+    except BlurredSpecError as e:  # from before the input blur contract was removed
+        raise UserError(f"checkpoint {path} was {e}: retrain it on sharp data") from None
+    except ValueError as e:
+        raise UserError(f"{path}: {e}") from None
+    except (KeyError, TypeError):
+        raise UserError(f"{path}: unsupported preprocessing spec: {ckpt.get('preprocess')!r}") from None

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from runtime.errors import UserError
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+# Keys older versions wrote and this one no longer has. input_blur blurred every face that was not a Training
+# image; faces are never blurred now, so only 0 (no blur) is still accepted, and ignored.
+LEGACY_KEYS = ("input_blur",)
 
 
 class Strict(BaseModel):
@@ -36,6 +39,8 @@ class AugmentConfig(Strict):
     contrast: float = Field(0.2, ge=0, lt=1, description="max relative contrast change")
     erase_p: float = Field(0.5, ge=0, le=1, description="probability of random erasing")
     erase_area: tuple[float, float] = Field((0.02, 0.2), description="erased fraction of the crop")
+    cutmix_p: float = Field(0.0, ge=0, le=1, description="share of batches mixed with CutMix (0 = off)")
+    cutmix_alpha: float = Field(1.0, gt=0, le=10, description="Beta(alpha, alpha) of the kept share")
 
 
 class DistillConfig(Strict):
@@ -47,7 +52,7 @@ class DistillConfig(Strict):
 class TrainConfig(Strict):
     data: str = Field("../shared/datasets/fer2013/fer2013.zip", description="dataset in any layout trainer.data reads")
     out: str = Field("models/default", description="run directory: checkpoints, log, reports")
-    arch: Literal["vgg"] = "vgg"
+    arch: Literal["vgg", "resnet"] = "vgg"
     model: ModelConfig = ModelConfig()
     epochs: int = Field(60, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=4096)
@@ -68,11 +73,6 @@ class TrainConfig(Strict):
     )
     train_limit: int = Field(0, ge=0, description="use only the first N training images (0 = all)")
     eval_split: str = Field("PublicTest", description="split for model selection")
-    input_blur: float | Literal["auto"] = Field(
-        "auto",
-        description="Gaussian sigma (px at 48x48) the Training images carry, applied to every other face "
-        "(evaluation, the daemon); auto = measured by matching the eval split's sharpness (trainer/blur.py)",
-    )
     augment: AugmentConfig = AugmentConfig()
     distill: DistillConfig = DistillConfig()
 
@@ -107,6 +107,13 @@ def load_config(path: str | Path | None, overrides: list[str] = (), **flags) -> 
     for key, value in flags.items():
         if value is not None:
             raw[key] = value
+    if "input_blur" in raw:
+        blur = raw.pop("input_blur")
+        if isinstance(blur, bool) or blur != 0:
+            raise UserError(
+                f"config key input_blur: {blur!r} is no longer supported (faces are never blurred to match the "
+                "training data): remove the key"
+            )
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:

@@ -66,28 +66,45 @@ def predict_exported(path: Path, faces: np.ndarray, tta_flip, backend, precision
     return probs, info
 
 
+PER_CLASS_COLUMNS = ("precision", "recall", "f1", "support")
+
+
+def _cell(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.4f}"
+
+
+def per_class_rows(result: dict) -> list[list[str]]:
+    """One row per class: name, precision, recall, F1, support ("-" where undefined)."""
+    return [[name, *(_cell(m[c]) for c in PER_CLASS_COLUMNS)] for name, m in result["per_class"].items()]
+
+
 def format_table(result: dict) -> str:
     lines = [
         f"{'n':<22}{result['n']}",
         f"{'accuracy':<22}{result['accuracy']:.4f}",
         f"{'balanced accuracy':<22}{result['balanced_accuracy']:.4f}",
         f"{'macro F1':<22}{result['macro_f1']:.4f}",
-        "recall per class:",
+        "per class:",
+        f"  {'class':<12}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}",
     ]
-    for name, r in result["per_class_recall"].items():
-        lines.append(f"  {name:<20}{'-' if r is None else f'{r:.4f}'}")
+    for name, *cells in per_class_rows(result):
+        lines.append(f"  {name:<12}" + "".join(f"{c:>10}" for c in cells))
     return "\n".join(lines)
 
 
-def plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
+def plot_confusion(result: dict, title: str, out: Path) -> None:
+    """The row-normalised confusion matrix (share and count per cell) above the per-class table."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    cm = np.array(result["confusion"])
     rows = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(6.4, 5.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 7.8), dpi=120)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
     ax.set_yticks(range(len(LABELS)), LABELS)
@@ -106,7 +123,21 @@ def plot_confusion(cm: np.ndarray, title: str, out: Path) -> None:
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.28, 1, 1))  # the matrix as before, the bottom of the figure kept for the table
+    tab = fig.add_axes((0.08, 0.02, 0.84, 0.2))
+    tab.axis("off")
+    table = tab.table(
+        cellText=per_class_rows(result),
+        colLabels=["class", "precision", "recall", "F1", "support"],
+        cellLoc="center",
+        bbox=[0.0, 0.0, 1.0, 1.0],
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    tab.set_title(
+        f"balanced accuracy {result['balanced_accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}, n {result['n']}",
+        fontsize=9,
+    )
     fig.savefig(out)
     plt.close(fig)
 
@@ -142,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--data", required=True, help="fer2013.csv, image folder or .zip (train/test/<label>/...)")
     ap.add_argument("--split", help="Training, PublicTest, PrivateTest or all (default: PublicTest if present)")
-    ap.add_argument("--json", type=Path, help="write the metrics as JSON here")
-    ap.add_argument("--plot", type=Path, help="write the confusion matrix as PNG here")
+    ap.add_argument("--json", type=Path, help="write the metrics (per class too) as JSON here")
+    ap.add_argument("--plot", type=Path, help="write the confusion matrix and the per-class table as PNG here")
     tta = ap.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=None, help="average with the mirrored face")
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="no test-time flip")
@@ -161,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(args.json, (json.dumps(result, indent=2, allow_nan=False) + "\n").encode())
         if args.plot:
             title = f"{Path(args.model).name} on {Path(args.data).name} {result['split']}: acc {result['accuracy']:.4f}"
-            plot_confusion(np.array(result["confusion"]), title, args.plot)
+            plot_confusion(result, title, args.plot)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

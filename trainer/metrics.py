@@ -12,7 +12,9 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = NUM_CLASSES
 
 
 def summarize(confusion: np.ndarray) -> dict:
-    """accuracy, balanced accuracy (mean recall over classes present), macro-F1, per-class recall."""
+    """accuracy, balanced accuracy (mean recall over classes present), macro-F1, and per class: precision, recall,
+    F1 and support (true faces). A class with no true faces has no recall and no F1 (None, and it is left out of
+    the means); a class never predicted has no precision (None; its F1 is 0 when it has true faces)."""
     cm = np.asarray(confusion, dtype=np.int64)
     true = cm.sum(axis=1)
     pred = cm.sum(axis=0)
@@ -29,5 +31,14 @@ def summarize(confusion: np.ndarray) -> dict:
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class_recall": {LABELS[i]: (float(recall[i]) if present[i] else None) for i in range(len(cm))},
+        "per_class": {
+            LABELS[i]: {
+                "precision": float(precision[i]) if pred[i] > 0 else None,
+                "recall": float(recall[i]) if present[i] else None,
+                "f1": float(f1[i]) if present[i] else None,
+                "support": int(true[i]),
+            }
+            for i in range(len(cm))
+        },
         "confusion": cm.tolist(),
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import math
 import random
 import sys
@@ -24,14 +25,14 @@ from tqdm import tqdm
 from runtime.errors import UserError
 from runtime.labels import LABELS
 from runtime.manifest import sha256_file
-from runtime.preprocess import DEFAULT_SPEC, PreprocessSpec, center_crop, preprocess, standardize
+from runtime.preprocess import DEFAULT_SPEC, center_crop, preprocess, standardize
 from trainer import checkpoint, data
-from trainer.augment import augment_batch
-from trainer.blur import matching_sigma
-from trainer.config import DEFAULT_CONFIG, TrainConfig, load_config
+from trainer.augment import augment_batch, cutmix, mixed_loss
+from trainer.config import DEFAULT_CONFIG, LEGACY_KEYS, TrainConfig, load_config
 from trainer.distill import distill_loss, load_teacher, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
+from trainer.sharpness import compare_splits
 
 # train_loss is what the optimizer minimizes; with distillation it blends train_ce (cross-entropy on the labels,
 # comparable across runs) and train_kd (the teacher's term; empty without a teacher).
@@ -89,12 +90,15 @@ def train_one_epoch(
             x = augment_batch(x, DEFAULT_SPEC.crop, cfg.augment, g)
         else:
             x = torch.from_numpy(center_crop(x[:, 0].numpy()))
+        x, mixed = cutmix(x, cfg.augment, g)
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(x)
-        ce = loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        out = logits.float()
+        ce = loss = mixed_loss(functools.partial(F.cross_entropy, out, label_smoothing=cfg.label_smoothing), y, mixed)
         if soft_targets is not None:
-            kd = distill_loss(logits.float(), soft_targets[idx], cfg.distill.temperature)
+            teacher_term = functools.partial(distill_loss, out, temperature=cfg.distill.temperature)
+            kd = mixed_loss(teacher_term, soft_targets[idx], mixed)
             loss = (1 - cfg.distill.weight) * ce + cfg.distill.weight * kd
             total_kd += kd.item() * len(y)
         optimizer.zero_grad(set_to_none=True)
@@ -136,7 +140,11 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     if resume and state is None:
         raise UserError(f"nothing to resume in {out}")
     if state is not None:
-        cfg = TrainConfig.model_validate(state["config"] | {"epochs": cfg.epochs})
+        resumed_spec = checkpoint.spec(state, last_path)  # refuses a run trained on blurred faces (old blur_sigma)
+        if resumed_spec != DEFAULT_SPEC:
+            raise UserError(f"{last_path} preprocesses faces as {resumed_spec}, this version as {DEFAULT_SPEC}")
+        saved = {k: v for k, v in state["config"].items() if k not in LEGACY_KEYS}  # input_blur: the spec decides
+        cfg = TrainConfig.model_validate(saved | {"epochs": cfg.epochs})
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -161,17 +169,12 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         f"bf16 autocast {'on' if bf16 else 'off'}",
         file=sys.stderr,
     )
-    if cfg.input_blur == "auto":
-        sigma, blur_report = matching_sigma(train.images, val.images)
-        print(
-            f"input blur: Training sharpness {blur_report['train_sharpness']}, {cfg.eval_split} "
-            f"{blur_report['eval_sharpness']} -> blur_sigma {sigma}",
-            file=sys.stderr,
-        )
-    else:
-        sigma, blur_report = float(cfg.input_blur), {"sigma": float(cfg.input_blur), "given": True}
-    spec = PreprocessSpec(blur_sigma=sigma)
-    images = torch.from_numpy(standardize(train.images, spec)).unsqueeze(1)  # they carry the blur already
+    report, warning = compare_splits(train.images, val.images, cfg.eval_split)
+    print(f"data: {len(train)} Training images, {len(val)} {cfg.eval_split}; {report}", file=sys.stderr)
+    if warning:
+        print(warning, file=sys.stderr)
+    spec = DEFAULT_SPEC
+    images = torch.from_numpy(standardize(train.images, spec)).unsqueeze(1)
     labels = torch.from_numpy(train.labels)
     val_inputs = preprocess(val.images, spec)
     soft_targets, teacher_sha256 = None, None
@@ -223,7 +226,6 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
             "model_args": model_args,
             "labels": list(LABELS),
             "preprocess": spec.to_dict(),
-            "blur_report": blur_report,
             "tta_flip": cfg.tta_flip,
             "model": copy.deepcopy(eval_model).float().to(memory_format=torch.contiguous_format).state_dict(),
             "epoch": epoch,
