@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.errors import UserError
+from runtime.errors import UserError, printable
 from runtime.frames import Face, Frame
 from runtime.labels import LABELS
 
@@ -123,11 +123,15 @@ class Annotator:
         self.written = 0
         if stills:
             if self.path.exists() and not self.path.is_dir():
-                raise UserError(f"annotate: {self.path} exists and is not a directory (stills need one)")
+                raise UserError(f"annotate: {printable(self.path)} exists and is not a directory (stills need one)")
             self._mkdir(self.path)
         else:
             if self.path.suffix.lower() not in _FOURCC:
-                raise UserError(f"annotate: video path must end in .mp4 or .avi, not {self.path.name!r}")
+                raise UserError(f"annotate: video path must end in .mp4 or .avi, not {printable(self.path.name)!r}")
+            try:
+                str(self.path).encode("utf-8")  # cv2.VideoWriter crashes on a name that is not UTF-8
+            except UnicodeEncodeError:
+                raise UserError(f"annotate: {printable(self.path)}: the name is not UTF-8 (choose another)") from None
             self._mkdir(self.path.parent)
 
     @staticmethod
@@ -135,7 +139,7 @@ class Annotator:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"annotate: cannot create directory {folder}: {e.strerror or e}") from None
+            raise UserError(f"annotate: cannot create directory {printable(folder)}: {e.strerror or e}") from None
 
     def write(self, frame: Frame, faces: list[Face]) -> None:
         image = frame.image.copy()  # the frame may still be referenced elsewhere; drawing must not change it
@@ -153,7 +157,7 @@ class Annotator:
             fourcc = cv2.VideoWriter_fourcc(*_FOURCC[self.path.suffix.lower()])
             self._writer = cv2.VideoWriter(str(self.path), fourcc, self.fps, (w, h))
             if not self._writer.isOpened():
-                raise UserError(f"annotate: cannot open {self.path} for writing a video")
+                raise UserError(f"annotate: cannot open {printable(self.path)} for writing a video")
             self._size = (w, h)
         elif (w, h) != self._size:  # a source changing resolution mid-stream: keep the file's size
             image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
@@ -165,14 +169,19 @@ class Annotator:
             name = f"{Path(name).stem}_{frame.index}{Path(name).suffix}"
         self._names.add(name)
         target = self.path / name
+        # Encoded in memory and written by Python: cv2.imwrite takes names as UTF-8 text and crashes on one that
+        # is not (a source file's name from a foreign file system).
         try:
-            ok = cv2.imwrite(str(target), image)
+            ok, data = cv2.imencode(target.suffix or ".png", image)
         except cv2.error:
             ok = False
         if not ok:  # an extension OpenCV reads but cannot write: fall back to PNG
             target = target.with_name(target.name + ".png")
-            if not cv2.imwrite(str(target), image):
-                raise UserError(f"annotate: cannot write {target}")
+            ok, data = cv2.imencode(".png", image)
+        try:
+            target.write_bytes(data.tobytes())
+        except OSError as e:
+            raise UserError(f"annotate: cannot write {printable(target)}: {e.strerror or e}") from None
 
     def close(self) -> None:
         if self._writer is not None:

@@ -1,5 +1,6 @@
 """`emotiond`: the command line. Every error a user can cause arrives here as UserError and leaves as one line
-on stderr ("error: ...") with exit code 2, never a traceback; Ctrl-C leaves quietly with 130.
+on stderr ("error: ...") with exit code 2, never a traceback (argparse's mistakes too); a stage that keeps failing
+leaves the same way with 1; Ctrl-C leaves quietly with 130.
 
 Configuration: --config PATH, else ./config.yaml if present, else the built-in defaults (the same values as the
 repository's config.yaml); flags of `run` override single keys.
@@ -8,17 +9,29 @@ repository's config.yaml); flags of `run` override single keys.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from runtime import subscribe
 from runtime.config import load_config
-from runtime.errors import UserError
+from runtime.errors import FatalError, UserError, printable, say
 
 LOCAL_CONFIG = Path("config.yaml")
+EXIT_FATAL = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's mistakes as one `error:` line (its default is the whole usage block) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        say(f"error: {' '.join(message.split())} (see '{self.prog} --help')")
+        sys.exit(EXIT_USER_ERROR)
+
 
 EPILOG = """\
 examples:
@@ -41,7 +54,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="emotiond",
         description="Edge daemon: camera -> faces (MediaPipe) -> facial expressions -> one JSON event per frame.",
         epilog=EPILOG,
@@ -69,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         action="append",
         metavar="SPEC",
-        help="publisher, repeatable: 'stdout' [output.publishers]",
+        help="publisher, repeatable: 'stdout', 'unix:PATH[?mode=0660]' or 'tcp:[HOST:]PORT' (HOST: 127.0.0.1); "
+        "sockets serve many subscribers ('emotiond subscribe ADDRESS'); 'mqtt://[USER@]HOST[:PORT]/PREFIX' or "
+        "'mqtts://...' publishes to an MQTT broker (settings: output.mqtt) [output.publishers]",
     )
     run.add_argument("--backend", choices=["onnxruntime", "openvino"], help="inference engine [classifier.backend]")
     run.add_argument("--precision", choices=["int8", "fp32"], help="model variant [classifier.precision]")
@@ -116,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--config", metavar="PATH", help=config_help)
     check.set_defaults(func=cmd_check_config)
+    subscribe.add_parser(sub)  # `emotiond subscribe ADDRESS` (runtime/subscribe.py)
     return parser
 
 
@@ -142,12 +158,38 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in pairs.items() if value is not None}
 
 
+def check_encodable(overrides: dict[str, Any]) -> None:
+    """A name in a foreign encoding reaches Python with surrogates, which the config cannot hold: say so plainly
+    (a directory holding such names is fine: its files are read as bytes)."""
+    for key, value in overrides.items():
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UserError(f"{key} {printable(text)}: the name is not valid UTF-8 (rename it)") from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(resolve_config_path(args.config), run_overrides(args))
+    overrides = run_overrides(args)
+    check_encodable(overrides)
+    config = load_config(resolve_config_path(args.config), overrides)
+    from runtime.native_logs import filter_native_stderr
+
+    filter_native_stderr()
     from runtime import service  # mediapipe, onnxruntime: loaded only when running
 
-    result = service.run(config)
-    return 0 if result.reason in ("eos", "stopped", "reader_gone") else 1
+    path = resolve_config_path(args.config)
+    # A reload (SIGHUP) reads the file again and applies the same flags over it.
+    read_again = None if path is None else functools.partial(load_config, path, overrides)
+    result = service.run(config, config_path=None if path is None else str(path), read_config=read_again)
+    code = 0 if result.reason in ("eos", "stopped", "reader_gone") else 1
+    if result.stuck:
+        # A worker is still blocked writing to stdout (its reader stopped reading): the interpreter's own final
+        # flush would block on that stream too, so leave without it, stderr flushed.
+        say("emotiond: stdout is not being read; events still queued for it were dropped")
+        os._exit(code)
+    return code
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
@@ -159,7 +201,15 @@ def cmd_fetch_models(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = resolve_config_path(args.config)
-    load_config(path)
+    config = load_config(path)
+    from runtime.publishers import check_publishers
+
+    check_publishers(config.output.publishers, config.output.mqtt)  # what `run` would refuse, opening nothing
+    if config.classifier.model:
+        from runtime.errors import user_path
+        from runtime.manifest import load_manifest
+
+        load_manifest(user_path(config.classifier.model))
     print(f"ok: {path if path is not None else 'built-in defaults'}")
     return 0
 
@@ -172,13 +222,13 @@ def quiet_native_logs() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    quiet_native_logs()
-    args = build_parser().parse_args(argv)
     try:
+        quiet_native_logs()
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except UserError as e:
+    except (UserError, FatalError) as e:
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
-        print(f"error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        say(f"error: {message}")
+        return EXIT_FATAL if isinstance(e, FatalError) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

@@ -1,5 +1,42 @@
-"""The one exception type for problems a user can cause (bad path, bad config, bad model)."""
+"""The exception types the command line turns into one line, and the one way to print a line on stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 
 class UserError(Exception):
     """Printed as one line on stderr by the command line, which then exits with code 2."""
+
+
+class FatalError(Exception):
+    """A stage that keeps failing (not the user's doing): one line on stderr, exit code 1."""
+
+
+def printable(text: object) -> str:
+    """`text` safe for one line of a terminal or log: control characters and bytes that are not UTF-8 (a file name
+    from a foreign file system) are escaped, so no name can break a line or forge an `error:` line."""
+    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in s)
+
+
+def say(line: str) -> None:
+    """One line on stderr. Never raises: stderr may be closed, full or a pipe whose reader left, and a message
+    must not turn into a traceback (or, with stderr closed, into a line on stdout among the events)."""
+    stream = sys.stderr
+    if stream is None:
+        return
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def user_path(text: str) -> Path:
+    """A path as the user wrote it, `~` expanded; UserError (not RuntimeError) when `~user` names nobody."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise UserError(f"{printable(text)}: cannot expand '~' (no such user, or no home directory)") from None

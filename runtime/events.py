@@ -3,12 +3,18 @@
 Every event carries `type`, `schema`, `session` (new at each daemon start), `seq` (0, 1, 2, ... across all
 types of one session, so a consumer sees gaps and restarts), the wall-clock time as ISO-8601 UTC and as Unix
 seconds, and a monotonic time in ms (the capture time for frames) for latency maths.
+
+Two kinds of line are not events of the session and carry no `seq`, because each concerns one socket subscriber:
+`hello` (the first line a subscriber gets: what it is reading) and `dropped` (a notice that the subscriber's queue
+overflowed and its oldest events were lost; the `seq` gap shows the same).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -25,6 +31,8 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "event.schema.json"
 
 # Kept in step with the schema's enum (tests check both agree), so a typo fails where it is made.
 STATUS_STATES = ("starting", "online", "offline", "reconnecting", "reloading", "stopping", "eos", "error")
+# The event types the daemon publishes (told to subscribers in `hello`).
+PUBLISHED_TYPES = ("frame", "status", "stats")
 
 
 def load_schema() -> dict:
@@ -55,6 +63,27 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_to_
 def encode(event: dict) -> bytes:
     """One compact JSON line ending in b"\\n". Raises ValueError on NaN/Infinity: never writes invalid JSON."""
     return _ENCODER.encode(event).encode("ascii") + b"\n"
+
+
+@functools.cache
+def emotiond_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("emotiond")
+    except Exception:  # not installed (a source checkout): still a valid hello
+        return "unknown"
+
+
+def _clock() -> dict:
+    unix = time.time()
+    return {"time": _iso_utc(unix), "unix": round(unix, 3), "mono_ms": round(time.monotonic_ns() / 1e6, 3)}
+
+
+def dropped_notice(count: int, total: int) -> dict:
+    """The in-band notice to one subscriber: `count` of its oldest events were dropped since the last notice
+    (`total` since it connected), because it read slower than events came."""
+    return {"type": "dropped", "schema": SCHEMA_VERSION, **_clock(), "dropped": int(count), "dropped_total": int(total)}
 
 
 def _iso_utc(unix: float) -> str:
@@ -119,6 +148,21 @@ class EventBuilder:
             "unix": round(unix, 3),
             "mono_ms": round(mono_ns / 1e6, 3),
             "source": self.source,
+        }
+
+    def hello(self) -> dict:
+        """The first line each socket subscriber gets: what it reads (schema, versions, session, model, source,
+        which event types). Takes no seq: it is not an event of the session, and other subscribers never see it."""
+        return {
+            "type": "hello",
+            "schema": SCHEMA_VERSION,
+            "session": self.session,
+            **_clock(),
+            "source": self.source,
+            "version": emotiond_version(),
+            "pid": os.getpid(),
+            "model": self.model_id,
+            "publishes": {"types": list(PUBLISHED_TYPES), "emit": "all" if self.emit_empty else "faces"},
         }
 
     def frame(

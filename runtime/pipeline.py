@@ -6,6 +6,11 @@ hands each frame to one of the face detectors (a thread each, working on consecu
 finisher thread crops, classifies, tracks and publishes the frames in order. Detection is the critical path, so
 the capture and finisher threads run at a lower priority (runtime.priority); onnxruntime, OpenVINO and MediaPipe
 release the GIL. Crop and classify are skipped when no face was found.
+
+A frame whose detection or finishing raises an unexpected error is left out (no event; `seq` is not consumed),
+the error is reported once per stage and kind, then only counted; a stage that fails on MAX_FAILED_IN_A_ROW
+frames in a row ends the run with FatalError. Errors a user can cause (UserError) and a reader leaving end the
+run at once.
 """
 
 from __future__ import annotations
@@ -13,23 +18,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
 
 from runtime.crop import FaceCropper
+from runtime.errors import FatalError, UserError, printable, say
 from runtime.events import EventBuilder, encode
 from runtime.frames import Face, Frame
 from runtime.publishers import Publisher, ReaderGone
-from runtime.sources import Source, SourceStalled
+from runtime.sources import NOTHING, Source, SourceStalled
 from runtime.tracker import Tracker
-from runtime.workers import DetectorPool, Finisher
+from runtime.workers import DetectorPool, Finisher, Grace
 
 _NO_PROBS = np.zeros((0, 7), np.float32)
 POLL_S = 0.1  # longest a stop request waits for a silent source
 HEARTBEAT_S = 1.0  # how often on_heartbeat runs (the systemd watchdog ping) while frames flow
 HANDOFF = 2  # frames between the detectors and the finisher beyond one per detector: few, so they stay fresh
+MAX_FAILED_IN_A_ROW = 25  # frames in a row a stage may fail on before the run ends (about a second of video)
 
 
 @dataclass
@@ -42,6 +50,18 @@ class Counters:
     faces: int = 0  # faces reported (sum over frames)
     dropped: int = 0  # stale frames the source dropped (live sources), copied from the source
     skipped: int = 0  # non-image files skipped (image directories), copied from the source
+    errors: int = 0  # frames left out because a stage raised an unexpected error
+    failed_in_a_row: int = 0
+    reported: set = field(default_factory=set)  # (stage, error type) already reported on stderr
+
+
+class StageError(Exception):
+    """An unexpected error of one stage on one frame; `stage` names it."""
+
+    def __init__(self, stage: str, error: BaseException) -> None:
+        super().__init__(f"{stage}: {type(error).__name__}: {error}")
+        self.stage = stage
+        self.error = error
 
 
 class Detected(NamedTuple):
@@ -73,6 +93,8 @@ class Pipeline:
         annotator=None,  # runtime.annotate.Annotator or None
         stop: threading.Event | None = None,
         on_heartbeat: Callable[[], None] | None = None,
+        stats=None,  # runtime.stats.Stats or None: per-frame figures for stats events
+        counters: Counters | None = None,  # to go on counting where an earlier run (before a reload) stopped
     ) -> None:
         self.source = source
         self.detectors = list(detector) if isinstance(detector, list | tuple) else [detector]
@@ -84,19 +106,30 @@ class Pipeline:
         self.annotator = annotator
         self.stop = stop or threading.Event()
         self.on_heartbeat = on_heartbeat
-        self.counters = Counters()
+        self.stats = stats
+        self.counters = counters or Counters()
+        self.stuck: list[threading.Thread] = []  # worker threads that did not end after a stop (runtime.workers)
 
     def run(self, overlap: bool = True) -> str:
         """overlap=False runs every stage on the calling thread, one frame at a time, with the first detector."""
-        if not overlap:
-            return self._loop(self.process)
-        backlog = len(self.detectors) + HANDOFF
         try:
+            if not overlap:
+                return self._loop(self._finish_or_count)
+            backlog = len(self.detectors) + HANDOFF
             # The finisher exits first: it still waits for the frames the detectors are working on.
-            with DetectorPool(self.detectors, self.detect) as pool, Finisher(self.finish, backlog) as finisher:
-                return self._loop(lambda frame: finisher.submit(pool.submit(frame)))
+            grace = Grace(self.stop)  # one deadline for every wait once a stop is asked
+            pool = DetectorPool(self.detectors, self._detect_or_wrap, grace)
+            finisher = Finisher(self._finish_or_count, backlog, grace)
+            try:
+                with pool, finisher:
+                    return self._loop(lambda frame: finisher.submit(pool.submit(frame)))
+            finally:
+                self.stuck = pool.stuck + finisher.stuck
         except ReaderGone:
             return "reader_gone"
+        finally:
+            self.counters.dropped = self.source.dropped
+            self.counters.skipped = self.source.skipped
 
     def _loop(self, hand_off: Callable[[Frame], object]) -> str:
         next_beat = time.monotonic()
@@ -106,12 +139,11 @@ class Pipeline:
         while not self.stop.is_set():
             # Short polls instead of one long wait: a stop request is seen within POLL_S even from a silent source,
             # and the stall watchdog still fires after stall_s without a frame.
-            try:
-                frame = self.source.read(timeout=poll_s)
-            except SourceStalled:
-                if time.monotonic() - last_frame < stall_s:
-                    continue
-                raise SourceStalled(f"source {self.source.uri} stalled: no frame for {stall_s:g} s") from None
+            frame = self.source.poll(poll_s)  # a failure of the capture thread (its own stall report too) raises
+            if frame is NOTHING:
+                if time.monotonic() - last_frame < stall_s or self.source.reconnects:
+                    continue  # a reconnecting source reports its own state
+                raise SourceStalled(f"source {printable(self.source.uri)} stalled: no frame for {stall_s:g} s")
             if frame is None:
                 return "eos"
             last_frame = time.monotonic()
@@ -123,6 +155,46 @@ class Pipeline:
                 self.on_heartbeat()
                 next_beat = last_frame + HEARTBEAT_S
         return "stopped"
+
+    def _detect_or_wrap(self, frame: Frame, detector=None) -> Detected:
+        try:
+            return self.detect(frame, detector)
+        except (UserError, FatalError, ReaderGone):
+            raise
+        except Exception as e:
+            raise StageError("detect", e) from e
+
+    def _finish_or_count(self, item: Detected | Future | Frame) -> None:
+        """finish() one frame (a Frame is detected first, a Future is waited for); an unexpected error of a stage
+        leaves the frame out and is counted (runtime errors of the user's making and ReaderGone are raised)."""
+        try:
+            if isinstance(item, Frame):
+                item = self._detect_or_wrap(item)
+            elif isinstance(item, Future):
+                item = item.result()
+            self.finish(item)
+        except CancelledError:  # submitted while stopping and never detected
+            return
+        except StageError as e:
+            self._count_failure(e.stage, e.error)
+            return
+        except (UserError, FatalError, ReaderGone):
+            raise
+        except Exception as e:
+            self._count_failure("finish", e)
+            return
+        self.counters.failed_in_a_row = 0
+
+    def _count_failure(self, stage: str, error: BaseException) -> None:
+        c = self.counters
+        c.errors += 1
+        c.failed_in_a_row += 1
+        what = f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
+        if c.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            raise FatalError(f"{stage} failed on {c.failed_in_a_row} frames in a row ({what})")
+        if (stage, type(error)) not in c.reported:
+            c.reported.add((stage, type(error)))
+            say(f"emotiond: a frame was left out: {stage} failed ({what}); further such errors are only counted")
 
     def process(self, frame: Frame) -> dict | None:
         """One frame through every stage on the calling thread; returns its event (None if not emitted)."""
@@ -146,9 +218,14 @@ class Pipeline:
         n = len(detections)
         t1 = time.perf_counter_ns()
         if n:
-            crops = self.cropper.crop(frame.image, detections)
-            t2 = time.perf_counter_ns()
-            probs = self.classifier.predict(crops)
+            try:
+                crops = self.cropper.crop(frame.image, detections)
+                t2 = time.perf_counter_ns()
+                probs = self.classifier.predict(crops)
+            except (UserError, FatalError):
+                raise
+            except Exception as e:
+                raise StageError("classify", e) from e
         else:
             t2, probs = t1, _NO_PROBS
         t3 = time.perf_counter_ns()
@@ -176,6 +253,10 @@ class Pipeline:
         latency["total"] = max(0.0, (time.monotonic_ns() - frame.capture_ns) / 1e6)
         event = self.builder.frame(frame, faces, w, h, latency)
         if event is not None:
+            t5 = time.perf_counter_ns()
             self.publisher.publish(encode(event))
+            latency["publish"] = (time.perf_counter_ns() - t5) / 1e6  # for stats only: the event has left
             c.events += 1
+        if self.stats is not None:
+            self.stats.record(latency, n)
         return event

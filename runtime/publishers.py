@@ -1,7 +1,9 @@
-"""Publishers: where encoded event lines go. The pipeline only calls publish(line) and close().
+"""Publishers: where encoded event lines go. The pipeline only calls publish(line) and close(); the service tells
+them once what a socket subscriber's first line (`hello`) says (set_hello).
 
-New transports (Unix socket, TCP) are one Publisher subclass each plus one branch in make_publisher;
-several outputs at once are a Fanout. The pipeline does not change.
+stdout (JSON Lines), Unix socket and TCP (runtime.sockets, many subscribers each), an MQTT broker
+(runtime.mqtt_publisher); several outputs at once are a Fanout. Specs: "stdout", "unix:PATH[?mode=0660&queue=256]",
+"tcp:[HOST:]PORT[?queue=256]" (runtime.addresses), "mqtt://[USER@]HOST[:PORT]/PREFIX", "mqtts://..." (runtime.mqtt).
 """
 
 from __future__ import annotations
@@ -10,9 +12,19 @@ import errno
 import os
 import sys
 from abc import ABC, abstractmethod
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
 
-from runtime.errors import UserError
+from runtime.errors import UserError, printable
+
+if TYPE_CHECKING:
+    from runtime.config import MqttConfig
+
+EXPECTED = "expected stdout, unix:PATH, tcp:[HOST:]PORT or mqtt://[USER@]HOST[:PORT]/PREFIX"
+
+
+def is_mqtt(spec: str) -> bool:
+    return spec.strip().lower().startswith(("mqtt://", "mqtts://"))
 
 
 class ReaderGone(Exception):
@@ -26,6 +38,12 @@ class Publisher(ABC):
 
     def close(self) -> None:  # noqa: B027 - most publishers hold nothing worth closing
         """Release what the publisher holds; publishing after close is an error of the caller."""
+
+    def set_hello(self, make: Callable[[], dict]) -> None:  # noqa: B027 - only socket publishers greet
+        """`make()` builds the `hello` event each new subscriber gets first (runtime.events.EventBuilder.hello)."""
+
+    def set_status(self, report: Callable[..., None]) -> None:  # noqa: B027 - only publishers with a link report
+        """`report(state, detail, **fields)` publishes a `status` event about this output (runtime.reporter)."""
 
     def __enter__(self) -> Publisher:
         return self
@@ -42,25 +60,36 @@ class StdoutPublisher(Publisher):
     """
 
     def __init__(self, stream: BinaryIO | None = None):
-        self.stream = stream if stream is not None else sys.stdout.buffer
+        if stream is None:
+            if sys.stdout is None:  # started with stdout closed (`>&-`)
+                raise UserError("stdout is closed: nowhere to write events (give another --output)")
+            stream = sys.stdout.buffer
+        self.stream = stream
         self._gone = False
+        self._failure: tuple[type[Exception], str] | None = None
 
     def publish(self, line: bytes) -> None:
-        if self._gone:
-            return
+        if self._failure is not None:  # every later publish says so too, whichever thread publishes first
+            kind, message = self._failure
+            raise kind(message)
         try:
             self.stream.write(line)
             self.stream.flush()
-        except OSError as exc:
-            if not isinstance(exc, BrokenPipeError) and exc.errno != errno.EPIPE:
-                raise
+        except (OSError, ValueError) as exc:  # ValueError: the stream was closed under us
             self._gone = True
             self._silence()
-            raise ReaderGone("stdout reader went away") from None
+            if isinstance(exc, BrokenPipeError) or getattr(exc, "errno", None) == errno.EPIPE:
+                self._failure = (ReaderGone, "stdout reader went away")
+            else:
+                why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                self._failure = (UserError, f"cannot write events to stdout: {why}")
+            kind, message = self._failure
+            raise kind(message) from None
 
     def _silence(self) -> None:
         # The Python docs' recipe (signal module, "Note on SIGPIPE"): point the stdout fd at devnull, so the
         # interpreter's final flush of buffered bytes does not fail again and print "Exception ignored ...".
+        # The same for a full disk: what could not be written is lost either way.
         try:
             fd = self.stream.fileno()
         except (OSError, ValueError):
@@ -76,7 +105,7 @@ class StdoutPublisher(Publisher):
             return
         try:
             self.stream.flush()
-        except BrokenPipeError:
+        except (OSError, ValueError):
             self._gone = True
             self._silence()
 
@@ -104,23 +133,82 @@ class Fanout(Publisher):
             if not self.publishers:
                 raise ReaderGone("every reader went away")
 
+    def set_hello(self, make: Callable[[], dict]) -> None:
+        for publisher in self.publishers:
+            publisher.set_hello(make)
+
+    def set_status(self, report: Callable[..., None]) -> None:
+        for publisher in self.publishers:
+            publisher.set_status(report)
+
     def close(self) -> None:
         for publisher in self.publishers:
             publisher.close()
 
 
-def make_publisher(spec: str | list[str]) -> Publisher:
-    """A publisher from its spec: "stdout" (later "unix:/path", "tcp:host:port"); a list or a comma-separated
-    spec publishes to each."""
+def make_publisher(spec: str | list[str], settings: MqttConfig | None = None) -> Publisher:
+    """A publisher from its spec ("stdout", "unix:PATH", "tcp:[HOST:]PORT", "mqtt://HOST/PREFIX"); a list or a
+    comma-separated spec publishes to each. Sockets are listening (and a broker has answered, or is known to be
+    down) when this returns; if one spec fails, those built are closed again. `settings`: output.mqtt."""
     specs = spec if isinstance(spec, list) else spec.split(",")
     specs = [s.strip() for s in specs if s.strip()]
     if not specs:
         raise UserError("output: no publisher given (expected e.g. 'stdout')")
     if len(specs) > 1:
-        return Fanout([make_publisher(s) for s in specs])
+        _refuse_duplicate_addresses(specs)
+        built: list[Publisher] = []
+        try:
+            for s in specs:
+                built.append(make_publisher(s, settings))
+        except BaseException:
+            for publisher in built:
+                publisher.close()
+            raise
+        return Fanout(built)
     kind, _, target = specs[0].partition(":")
     if kind == "stdout" and not target:
         return StdoutPublisher()
     if kind in ("unix", "tcp"):
-        raise UserError(f"output: {kind!r} publisher is not available yet (only 'stdout')")
-    raise UserError(f"output: unknown publisher {specs[0]!r} (expected 'stdout')")
+        from runtime.addresses import parse_address
+        from runtime.sockets import SocketPublisher  # imports this module
+
+        return SocketPublisher(parse_address(specs[0]))
+    if is_mqtt(specs[0]):
+        from runtime.mqtt import resolve
+        from runtime.mqtt_publisher import MqttPublisher  # paho: loaded only for an MQTT output
+
+        return MqttPublisher(resolve(specs[0], settings))
+    raise UserError(f"output: unknown publisher {printable(specs[0])!r} ({EXPECTED})")
+
+
+def _refuse_duplicate_addresses(specs: list[str]) -> None:
+    # The second bind would fail as "in use by a running daemon" (ourselves): say what is really wrong.
+    # Two URLs of one broker and prefix would publish every event twice on the same topics.
+    from runtime.addresses import parse_address
+    from runtime.mqtt import parse_url
+
+    seen: dict[str, str] = {}
+    for s in specs:
+        if s.partition(":")[0] in ("unix", "tcp") or is_mqtt(s):
+            where = parse_url(s).identity if is_mqtt(s) else str(parse_address(s))
+            if where in seen:
+                raise UserError(f"output: {printable(s)!r} and {printable(seen[where])!r} are the same address")
+            seen[where] = s
+
+
+def check_publishers(specs: list[str], settings: MqttConfig | None = None) -> None:
+    """What make_publisher would refuse, found without opening anything (for `check-config`): for MQTT the URL,
+    the password file and the TLS files, not the broker."""
+    from runtime.addresses import parse_address
+
+    for spec in specs:
+        kind, _, target = spec.strip().partition(":")
+        if kind in ("unix", "tcp"):
+            parse_address(spec.strip())
+        elif is_mqtt(spec):
+            from runtime.mqtt import resolve
+
+            resolve(spec, settings)
+        elif not (kind == "stdout" and not target):
+            raise UserError(f"output: unknown publisher {printable(spec)!r} ({EXPECTED})")
+    _refuse_duplicate_addresses([s.strip() for s in specs])

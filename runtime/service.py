@@ -1,11 +1,12 @@
-"""The daemon's lifecycle in one place: build every stage from the Config, run the pipeline, close in reverse order.
+"""The daemon's lifecycle in one place: build every stage from the Config, run the pipeline, reload, close.
 
-Signals only set the stop event; the pipeline sees it within ~0.1 s and returns, and the ExitStack then closes
-the stages in reverse order of building (detectors, annotator, source thread, publishers) whether the run ended
-normally or with an error. systemd hears READY=1 once everything is up, WATCHDOG=1 while frames flow and
-STOPPING=1 at the end; outside systemd those calls do nothing. A reload will slot in as: stop the pipeline,
-close the stack, build again from the new Config (a new detector after every source re-open: MediaPipe's video
-mode needs a fresh graph then).
+Signals only set events: SIGINT/SIGTERM `stop`, SIGHUP `reload`; either wakes the pipeline, which finishes the
+frames in flight and returns within ~0.1 s. On a reload the config file is read again: an invalid one is logged in
+one line and the running one stays; a valid one changes what can change live (thresholds, smoothing, emit, status
+and stats, publishers added or removed, existing subscribers kept) and rebuilds only the stages whose settings
+changed (runtime.stages), then the pipeline runs on in the same session. systemd hears READY=1 once everything is
+up, RELOADING=1 ... READY=1 around a reload, WATCHDOG=1 while frames flow and STOPPING=1 at the end; outside
+systemd those calls do nothing.
 """
 
 from __future__ import annotations
@@ -16,19 +17,18 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
+from runtime import stages as stage_builder
 from runtime import systemd
-from runtime.config import Config
-from runtime.crop import DEFAULT_MARGIN, FaceCropper
-from runtime.errors import UserError
+from runtime.config import Config, load_config
+from runtime.errors import FatalError, UserError, printable, say
 from runtime.events import EventBuilder, new_session_id
+from runtime.outputs import Outputs
 from runtime.pipeline import Counters, Pipeline
-from runtime.publishers import make_publisher
-from runtime.sources import open_source
-from runtime.tracker import Tracker
+from runtime.reporter import Locked, Reporter
+from runtime.sources import Stopped
 
 
 @dataclass
@@ -36,6 +36,7 @@ class RunResult:
     reason: str  # "eos", "stopped" or "reader_gone"
     counters: Counters
     seconds: float
+    stuck: bool = False  # a worker thread did not end (blocked on stdout): exit without the final flush
 
     @property
     def fps(self) -> float:
@@ -46,13 +47,15 @@ class RunResult:
         return (
             f"emotiond: {self.reason}: {c.frames} frames in {self.seconds:.2f} s ({self.fps:.1f} frames/s), "
             f"{c.faces} faces, {c.dropped} dropped, {c.skipped} skipped"
+            + (f", {c.errors} left out by errors" if c.errors else "")
         )
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop` (nothing else happens in a handler). A second SIGINT while stopping raises
-    KeyboardInterrupt: the way out if a stage hangs. Only the main thread may install handlers."""
+def signals(stop: threading.Event, reload: threading.Event, wake: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set `stop`, SIGHUP sets `reload`; both set `wake` (nothing else happens in a handler). A
+    second SIGINT while stopping raises KeyboardInterrupt: the way out if a stage hangs. Only the main thread may
+    install handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -60,9 +63,10 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def handle(signum: int, _frame: object) -> None:
         if stop.is_set() and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        stop.set()
+        (reload if signum == signal.SIGHUP else stop).set()
+        wake.set()
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
@@ -70,78 +74,127 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _load_classifier(config: Config):
-    from runtime.classifier import DEFAULT_MODEL_DIR, load_classifier  # heavy: onnxruntime / openvino
+def run(
+    config: Config, stop: threading.Event | None = None, log=sys.stderr, config_path: str | None = None,
+    reload: threading.Event | None = None, read_config: Callable[[], Config] | None = None,
+) -> RunResult:  # fmt: skip
+    """Build, run until the end of the stream / a stop / the reader leaving (reloading on `reload`), close.
 
-    c = config.classifier
-    model = Path(c.model).expanduser() if c.model else DEFAULT_MODEL_DIR
-    if not model.exists():  # named as given: the loader would report the manifest path it derived from it
-        raise UserError(f"model not found: {model} (expected a model set folder with manifest.json)")
-    return load_classifier(model, backend=c.backend, precision=c.precision, threads=c.threads, tta_flip=c.tta_flip)
-
-
-def run(config: Config, stop: threading.Event | None = None, log=sys.stderr) -> RunResult:
-    """Build, run until the end of the stream / a stop / the reader leaving, and close everything.
-
-    Stages that a user's mistake can break (publisher spec, source, model, annotate path) are built before the
-    face detector, so such an error surfaces before MediaPipe starts (and prints its own log lines).
+    `config_path`: the file a reload reads again (None: a reload keeps the running config); `read_config` reads
+    it as the command line did (the file, then its flags), default load_config(config_path). `stop`/`reload` may
+    be set by the caller (tests) as by the signals.
     """
-    from runtime.detector import FaceDetector, detector_input  # imports mediapipe: only when running
-    from runtime.detector_model import resolve_detector_model
-
+    if read_config is None and config_path is not None:
+        read_config = functools.partial(load_config, config_path)
     stop = stop or threading.Event()
-    with stop_on_signals(stop), contextlib.ExitStack() as stack:
-        publisher = stack.enter_context(make_publisher(config.output.publishers))
-        s, d = config.source, config.detector
-        source = open_source(
-            s.uri, live=s.live, realtime=s.realtime, width=s.width, height=s.height, fps=s.fps,
-            stall_timeout_s=s.stall_timeout_s, prepare=functools.partial(detector_input, input_side=d.input_side),
-        )  # fmt: skip
-        stack.callback(source.close)
-        classifier = _load_classifier(config)
-        detector_model = resolve_detector_model(d.model_path, allow_fetch=True)
-        annotator = None
-        if config.output.annotate:
-            from runtime.annotate import Annotator
-
-            annotator = stack.enter_context(Annotator(config.output.annotate, stills=source.stills, fps=source.fps))
-        detectors = [
-            stack.enter_context(
-                FaceDetector(
-                    detector_model,
-                    mode="image" if source.stills else "video",
-                    min_confidence=d.min_confidence,
-                    max_faces=d.max_faces,
-                    input_side=d.input_side,
-                )
-            )
-            for _ in range(d.workers)
-        ]
-        t = config.tracking
-        pipeline = Pipeline(
-            source=source,
-            detector=detectors,
-            cropper=FaceCropper(margin=DEFAULT_MARGIN if config.crop.margin is None else config.crop.margin),
-            classifier=classifier,
-            tracker=Tracker(iou_threshold=t.iou_threshold, max_missed=t.max_missed, smoothing=t.smoothing),
-            builder=EventBuilder(
-                session=new_session_id(),
-                source=s.uri,
-                model_id=classifier.model_id,
-                emit_empty=config.events.emit == "all",
-            ),
-            publisher=publisher,
-            annotator=annotator,
-            stop=stop,
-            on_heartbeat=systemd.watchdog_ping,
-        )
+    reload = reload or threading.Event()
+    wake = threading.Event()
+    started = time.monotonic()
+    with signals(stop, reload, wake), contextlib.ExitStack() as stack:
+        outputs = stack.enter_context(Outputs(config.output.publishers, config.output.mqtt))
+        publisher = Locked(outputs)
+        builder = EventBuilder(
+            session=new_session_id(), source=config.source.uri, model_id="", emit_empty=config.events.emit == "all"
+        )  # the model's id once it is loaded
+        publisher.set_hello(builder.hello)  # socket subscribers' first line (runtime/sockets.py)
+        reporter = Reporter(builder, publisher, config.events.stats_interval_s, config.events.status)
+        try:
+            stages = stage_builder.build(config, stop, reporter.status)
+        except Stopped:
+            return _finish(RunResult("stopped", Counters(), time.monotonic() - started), log)
+        stack.callback(lambda: stages.close())  # the stages of the moment, after any reload
+        builder.model_id = stages.classifier.model_id
+        counters = Counters()
+        ticker = stack.enter_context(reporter.ticker(lambda: stages.source.dropped, lambda: counters.errors))
         stack.callback(systemd.stopping)  # registered last: unwinds first, before any stage closes
-        source.start()
-        systemd.ready(f"watching {s.uri} with {classifier.model_id} ({classifier.backend} {classifier.precision})")
+        reporter.starting(config_path)  # every stage built: a user's mistake would have been one error line
         start = time.monotonic()
-        reason = pipeline.run()
+        while True:
+            pipeline = Pipeline(
+                source=stages.source, detector=stages.detectors, cropper=stages.cropper,
+                classifier=stages.classifier, tracker=stages.tracker, builder=builder, publisher=publisher,
+                annotator=stages.annotator, stop=wake, on_heartbeat=systemd.watchdog_ping, stats=reporter.stats,
+                counters=counters,
+            )  # fmt: skip
+            if not stages.started:
+                stages.source.start()
+                stages.started = True
+                _online(reporter, stages, config)
+            try:
+                reason = pipeline.run()
+            except (UserError, FatalError) as e:
+                reporter.status("error", " ".join(str(e).split()), error=type(e).__name__)
+                raise
+            if reason == "stopped" and reload.is_set() and not stop.is_set():
+                reload.clear()
+                wake.clear()
+                config, stages = _reload(
+                    config, config_path, read_config, stages, outputs, builder, reporter, ticker, stop
+                )
+                continue
+            break
         seconds = time.monotonic() - start
-    result = RunResult(reason, pipeline.counters, seconds)
-    if log is not None:
+        if pipeline.stuck:  # the outputs are held by a finisher blocked on stdout: no more events
+            reporter.publish_status = False
+        if reason == "eos":
+            reporter.status("eos", f"{counters.frames} frames", frames=counters.frames, skipped=stages.source.skipped)
+        else:
+            reporter.status("stopping", "stop requested" if reason == "stopped" else "the reader left")
+    result = RunResult(reason, counters, seconds, stuck=bool(pipeline.stuck))
+    if stages.source.stills and reason == "eos" and counters.frames == 0:
+        raise UserError(f"no decodable image in {printable(config.source.uri)} ({counters.skipped} skipped)")
+    return _finish(result, log)
+
+
+def _online(reporter: Reporter, stages, config: Config) -> None:
+    c = stages.classifier
+    what = f"{c.model_id} ({c.backend} {c.precision})"
+    detail = f"watching {config.source.uri} with {what}"
+    reporter.status("online", detail, model=c.model_id, backend=c.backend, precision=c.precision)
+    systemd.ready(detail)
+
+
+def _reload(config: Config, path: str | None, read_config, stages, outputs, builder, reporter, ticker, stop):
+    """The config and stages after a SIGHUP: the new ones, or the running ones if the new config is invalid or a
+    changed stage cannot be built (one line on stderr and in a status event either way)."""
+    systemd.reloading()
+    reporter.status("reloading", f"reading {path}" if path else "no config file: nothing to reload")
+    try:
+        if read_config is None:
+            raise UserError("started without a config file")
+        new = read_config()
+        new_stages, changed = stage_builder.rebuild(stages, config, new, stop, reporter.status)
+        try:
+            changed += outputs.reconfigure(new.output.publishers, new.output.mqtt)
+        except UserError:
+            for stage in new_stages.owned:
+                if stage not in stages.owned:
+                    stage.close()
+            raise
+    except (UserError, Stopped) as e:
+        message = " ".join(str(e).split()) or "stopping"
+        say(f"emotiond: reload failed, the running config stays: {message}")
+        reporter.status("error", f"reload failed: {message}", error="reload")
+        _online(reporter, stages, config)
+        return config, stages
+    for stage in stages.owned:
+        if stage not in new_stages.owned:
+            with contextlib.suppress(Exception):
+                stage.close()
+    builder.emit_empty = new.events.emit == "all"
+    builder.model_id = new_stages.classifier.model_id
+    builder.source = new.source.uri
+    reporter.publish_status = new.events.status
+    ticker.retune(new.events.stats_interval_s)
+    say(f"emotiond: reloaded {path}: {', '.join(changed) or 'nothing'} changed")
+    if new_stages.started:
+        _online(reporter, new_stages, new)
+    return new, new_stages
+
+
+def _finish(result: RunResult, log) -> RunResult:
+    if log is sys.stderr:
+        say(result.summary())
+    elif log is not None:
         print(result.summary(), file=log, flush=True)
     return result

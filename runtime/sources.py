@@ -5,8 +5,11 @@ Capture runs in its own thread so decoding overlaps detection. Between that thre
   next one (and counted as dropped), so latency never grows with time;
 - files and images: a small bounded queue; every frame is delivered, in order.
 
-Opening happens in the caller's thread (`open_source`), so a bad source fails before anything starts.
-OpenCV's timeouts only cover opening a stream, not each read: `Source.read(timeout)` is our watchdog.
+Opening happens before anything starts (`open_source`), so a bad source fails first; it runs in a helper thread
+the caller waits on while watching its stop flag and a deadline, because an open can block for good (a FIFO
+nobody writes to, a silent server). OpenCV's timeouts only cover opening a stream, not each read:
+`Source.poll(timeout)` is our watchdog. Capture threads are daemon threads and a close waits for them a bounded
+time: a read blocked in FFmpeg must never keep the process from exiting.
 A source given `prepare` (the detector's `detector_input`) runs it on each frame in the capture thread too, so
 the scaling and colour conversion overlap detection instead of adding to it.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -25,9 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.errors import UserError
+from runtime.errors import UserError, printable, say, user_path
 from runtime.frames import DetectorInput, Frame
 from runtime.priority import lower_this_thread
+from runtime.reconnect import Backoff, StatusCallback, reopen
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm", ".pnm"}
@@ -37,12 +42,44 @@ URL_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://"
 # adds latency (each queued frame waits a whole detection).
 FILE_QUEUE = 2
 OPEN_TIMEOUT_MS = 10_000
-JOIN_GRACE_S = 2.0  # beyond the stall timeout, when closing a source whose read is blocked
+CLOSE_WAIT_S = 0.3  # longest a close waits for a capture thread; one blocked in a read is left behind (daemon)
+POLL_S = 0.1  # how often a wait for an open checks the stop flag
 _END = object()  # end of stream marker in the hand-off
+NOTHING = object()  # poll(): no frame within the timeout
+
+
+class Stopped(Exception):
+    """A stop request arrived while the source was still opening."""
 
 
 class SourceStalled(UserError):
     """No frame arrived within the watchdog timeout."""
+
+
+def run_bounded(work: Callable[[], object], what: str, timeout_s: float, stop: threading.Event | None = None):
+    """work() in a daemon thread; its result, or its exception re-raised. Stopped if `stop` is set first, and
+    UserError naming `what` after timeout_s: the thread may stay blocked, and is abandoned (it holds nothing the
+    process needs)."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = work()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"open:{what}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while thread.is_alive():
+        thread.join(POLL_S)
+        if stop is not None and stop.is_set():
+            raise Stopped
+        if thread.is_alive() and time.monotonic() > deadline:
+            raise UserError(f"{what}: no answer within {timeout_s:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class LatestSlot:
@@ -83,6 +120,7 @@ class Source(ABC):
 
     live: bool = False
     stills: bool = False  # independent images: no tracking, detector in image mode
+    reconnects: bool = False  # reopens itself when lost (and reports it): the pipeline must not call it stalled
 
     def __init__(
         self,
@@ -101,7 +139,7 @@ class Source(ABC):
         self._stop = threading.Event()
         self._handoff: LatestSlot | queue.Queue = LatestSlot() if live else queue.Queue(maxsize=FILE_QUEUE)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"capture:{uri}", daemon=False)
+        self._thread = threading.Thread(target=self._run, name=f"capture:{printable(uri)}", daemon=True)
 
     @property
     def dropped(self) -> int:
@@ -114,11 +152,20 @@ class Source(ABC):
         return self
 
     def read(self, timeout: float | None = None) -> Frame | None:
+        """The next Frame, None at the end; SourceStalled after `timeout` (default: the stall timeout) without."""
         timeout = self.stall_timeout_s if timeout is None else timeout
+        item = self.poll(timeout)
+        if item is NOTHING:
+            raise SourceStalled(f"source {printable(self.uri)} stalled: no frame for {timeout:g} s")
+        return item  # type: ignore[return-value]
+
+    def poll(self, timeout: float) -> Frame | object | None:
+        """The next Frame, None at the end, or NOTHING if none arrived within `timeout`. A failure of the capture
+        thread (including its own stall report) is raised, once the frames before it were taken."""
         try:
             item = self._handoff.get(timeout=timeout)
         except queue.Empty:
-            raise SourceStalled(f"source {self.uri} stalled: no frame for {timeout:g} s") from None
+            return NOTHING
         if item is _END:
             if isinstance(self._handoff, queue.Queue):
                 self._handoff.put(_END)  # stays at the end for another read()
@@ -141,12 +188,9 @@ class Source(ABC):
                 except queue.Empty:
                     break
         if self._thread.is_alive():
-            # A read blocked on a silent stream cannot be interrupted; FFmpeg's read timeout (= the stall timeout)
-            # ends it, so waiting a little longer than that always suffices.
-            wait_s = self.stall_timeout_s + JOIN_GRACE_S
-            self._thread.join(wait_s)
-            if self._thread.is_alive():
-                print(f"emotiond: capture thread of {self.uri} did not stop within {wait_s:g} s", file=sys.stderr)
+            # A read blocked on a silent stream cannot be interrupted: the daemon thread is left to FFmpeg's read
+            # timeout (or the process's exit), and what it reads from is not released under it.
+            self._thread.join(CLOSE_WAIT_S)
         self._release()
 
     def __enter__(self) -> Source:
@@ -162,7 +206,7 @@ class Source(ABC):
         try:
             self._capture()
         except BaseException as e:  # handed to the consumer, which raises it from read()
-            self._error = e if isinstance(e, UserError) else UserError(f"source {self.uri} failed: {e}")
+            self._error = e if isinstance(e, UserError) else UserError(f"source {printable(self.uri)} failed: {e}")
         finally:
             self._deliver(_END)
 
@@ -198,22 +242,50 @@ class Source(ABC):
 class VideoSource(Source):
     """cv2.VideoCapture: webcam (index or /dev/videoN), video file, or stream URL."""
 
-    def __init__(self, uri: str, kind: str, live: bool, realtime: bool = False, prepare=None, **opts) -> None:
+    def __init__(
+        self, uri: str, kind: str, live: bool, realtime: bool = False, prepare=None, stop=None,
+        reconnect: Backoff | None = None, on_status: StatusCallback | None = None, **opts,
+    ) -> None:  # fmt: skip
         super().__init__(uri, live, opts.get("stall_timeout_s", 10.0), prepare)
         self.kind = kind
         self.realtime = realtime
-        self._cap = _open_capture(uri, kind, opts)
+        # Cameras and streams that fail or stall are reopened (files end): the pipeline then waits, not stalls.
+        self.reconnect = reconnect if kind in ("webcam", "url") else None
+        self.reconnects = self.reconnect is not None
+        self.on_status = on_status or (lambda *a, **k: None)
+        self._opts = opts
+        self._fd: int | None = None  # a file whose name OpenCV cannot take, opened by us (_capture_path)
+        target = _capture_path(self, uri) if kind == "file" else uri
+        self._first: tuple[np.ndarray, int] | None = None  # read at open time, and its decode time in ns
+        try:
+            self._cap, self._first = run_bounded(
+                lambda: _open_and_check(target, uri, kind, opts), f"cannot open source {printable(uri)}",
+                OPEN_TIMEOUT_MS / 1000 + 1, stop,
+            )  # fmt: skip
+        except BaseException:
+            self._close_fd()
+            raise
         fps = self._cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
-        self._first: tuple[np.ndarray, int] | None = None  # read at open time, and its decode time in ns
-        if kind == "file":
-            # A file that exists but yields no frame (corrupt, empty, not a video) fails here, not mid-run.
-            t0 = time.perf_counter_ns()
-            ok, image = self._cap.read()
-            if not ok or image is None:
-                self._cap.release()
-                raise UserError(f"cannot decode any frame from {uri} (corrupt or not a video file)")
-            self._first = (image, time.perf_counter_ns() - t0)
+
+    def _reopen(self, why: str) -> cv2.VideoCapture | None:
+        """Release the lost capture and open it again with backoff (None once stopping); in the capture thread."""
+        self._cap.release()
+        cap = reopen(
+            lambda: run_bounded(
+                lambda: _open_capture(self.uri, self.kind, self._opts), f"cannot open source {printable(self.uri)}",
+                OPEN_TIMEOUT_MS / 1000 + 1, self._stop,
+            ),
+            self.reconnect, self._stop, self.on_status, why,
+        )  # fmt: skip
+        if cap is not None:
+            self._cap = cap
+        return cap
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _capture(self) -> None:
         cap, index = self._cap, 0
@@ -230,8 +302,17 @@ class VideoSource(Source):
                     if self.kind == "file":
                         return  # end of the file
                     if time.perf_counter_ns() - t0 >= 0.9e9 * self.stall_timeout_s:  # FFmpeg's read timeout
-                        raise SourceStalled(f"source {self.uri} stalled: no frame for {self.stall_timeout_s:g} s")
-                    raise UserError(f"source {self.uri} ended or was lost")
+                        lost = SourceStalled(
+                            f"source {printable(self.uri)} stalled: no frame for {self.stall_timeout_s:g} s"
+                        )
+                    else:
+                        lost = UserError(f"source {printable(self.uri)} ended or was lost")
+                    if self.reconnect is None:
+                        raise lost
+                    cap = self._reopen(str(lost))
+                    if cap is None:
+                        return  # stopping
+                    continue
             frame = self._frame(image, index, t0)
             if pace:  # the file's own clock: frame i is due at start + i/fps
                 delay = start + index * pace - time.monotonic()
@@ -246,6 +327,39 @@ class VideoSource(Source):
     def _release(self) -> None:
         if not self._thread.is_alive():  # never release under a read that is still running
             self._cap.release()
+            self._close_fd()
+
+
+def _capture_path(source: VideoSource, uri: str) -> str:
+    """The path to give OpenCV for a video file. cv2 takes names as UTF-8 text and crashes on one that is not
+    (bytes of another encoding reach Python as surrogates): such a file is opened here and FFmpeg reads it through
+    /proc/self/fd, so its name never reaches OpenCV."""
+    try:
+        uri.encode("utf-8")
+        return uri
+    except UnicodeEncodeError:
+        pass
+    if not os.path.isdir("/proc/self/fd"):
+        raise UserError(f"cannot open source {printable(uri)}: its name is not UTF-8 (rename the file)")
+    try:
+        source._fd = os.open(user_path(uri), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise UserError(f"cannot open source {printable(uri)}: {e.strerror}") from None
+    return f"/proc/self/fd/{source._fd}"
+
+
+def _open_and_check(target: str, uri: str, kind: str, opts: dict) -> tuple[cv2.VideoCapture, tuple | None]:
+    """The opened capture, and for a file its first frame with its decode time: a file that exists but yields no
+    frame (corrupt, empty, not a video) fails here, not mid-run."""
+    cap = _open_capture(target, kind, opts, shown=uri)
+    if kind != "file":
+        return cap, None
+    t0 = time.perf_counter_ns()
+    ok, image = cap.read()
+    if not ok or image is None:
+        cap.release()
+        raise UserError(f"cannot decode any frame from {printable(uri)} (corrupt or not a video file)")
+    return cap, (image, time.perf_counter_ns() - t0)
 
 
 class ImageSource(Source):
@@ -269,9 +383,9 @@ class ImageSource(Source):
             image = _imread(path)
             if image is None:
                 if len(self.paths) == 1:
-                    raise UserError(f"cannot decode image {path}")
+                    raise UserError(f"cannot decode image {printable(path)}")
                 self.skipped += 1  # named on stderr: the user should know which file was left out
-                print(f"emotiond: skipped {path}: not a decodable image", file=sys.stderr)
+                say(f"emotiond: skipped {printable(path)}: not a decodable image")
                 continue
             if not self._deliver(self._frame(image, index, t0, str(path))):
                 return
@@ -279,15 +393,31 @@ class ImageSource(Source):
             self.captured = index
 
 
+MAX_IMAGE_BYTES = 256 << 20  # larger "images" are skipped rather than read into memory
+
+
 def _imread(path: Path) -> np.ndarray | None:
-    """BGR uint8 (H, W, 3) or None. IMREAD_COLOR turns gray and RGBA images into BGR, as the detector needs."""
+    """BGR uint8 (H, W, 3) or None. IMREAD_COLOR turns gray and RGBA images into BGR, as the detector needs.
+
+    Read as bytes by Python and decoded from memory: cv2.imread takes names as UTF-8 text and crashes on one that
+    is not; and only regular files are opened (a FIFO would block the open)."""
     try:
-        return cv2.imread(str(path), cv2.IMREAD_COLOR)
+        with open(path, "rb", buffering=0) as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_IMAGE_BYTES:
+                return None
+            data = f.read()
+    except OSError:
+        return None
+    if not data:
+        return None
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error:
         return None
 
 
-def _open_capture(uri: str, kind: str, opts: dict) -> cv2.VideoCapture:
+def _open_capture(uri: str, kind: str, opts: dict, shown: str | None = None) -> cv2.VideoCapture:
     if kind == "webcam":
         target: int | str = int(uri) if uri.isdigit() else uri
         # V4L2 directly on Linux: the default probing order tries other backends that log their own failures.
@@ -313,7 +443,7 @@ def _open_capture(uri: str, kind: str, opts: dict) -> cv2.VideoCapture:
             "url": "unreachable, refused, or not a stream FFmpeg can read",
             "file": "corrupt, or not a video format FFmpeg can read",
         }[kind]
-        raise UserError(f"cannot open source {uri} ({why})")
+        raise UserError(f"cannot open source {printable(shown or uri)} ({why})")
     return cap
 
 
@@ -322,7 +452,7 @@ def list_images(folder: Path) -> tuple[list[Path], int]:
     try:
         entries = sorted(p for p in folder.iterdir() if p.is_file())
     except OSError as e:
-        raise UserError(f"cannot read directory {folder}: {e.strerror or e}") from None
+        raise UserError(f"cannot read directory {printable(folder)}: {e.strerror or e}") from None
     images = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES]
     return images, len(entries) - len(images)
 
@@ -333,14 +463,18 @@ def source_kind(uri: str) -> str:
         return "webcam"
     if uri.lower().startswith(URL_SCHEMES):
         return "url"
-    path = Path(uri).expanduser()
+    path = user_path(uri)
     if path.is_dir():
         return "images"
     if not path.exists():
-        raise UserError(f"source not found: {uri}")
+        raise UserError(f"source not found: {printable(uri)}")
     if not os.access(path, os.R_OK):
-        raise UserError(f"cannot open source {uri}: permission denied")
-    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "file"
+        raise UserError(f"cannot open source {printable(uri)}: permission denied")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        if not path.is_file():
+            raise UserError(f"cannot open source {printable(uri)}: not a regular file")
+        return "image"
+    return "file"  # a FIFO too: its open and reads are bounded like a stream's
 
 
 def open_source(
@@ -352,22 +486,31 @@ def open_source(
     fps: float | None = None,
     stall_timeout_s: float = 10.0,
     prepare: Callable[[np.ndarray], DetectorInput] | None = None,
+    stop: threading.Event | None = None,
+    reconnect: Backoff | None = None,
+    on_status: StatusCallback | None = None,
 ) -> Source:
     """The source for `uri`, opened (errors raise UserError here) but not started: `with open_source(...) as src`.
 
     live=None: cameras and URLs are live (latest frame wins), files are not (every frame). live=True on a file
     plays it like a camera, which benchmarks and tests use to show that stale frames are dropped.
     prepare: run on each frame in the capture thread, the result kept as Frame.detector_input.
+    stop: a stop request while opening raises Stopped (an open may block for up to OPEN_TIMEOUT_MS).
+    reconnect: cameras and URLs that fail or stall are reopened with this backoff, on_status(state, detail, **fields)
+    told of each step, instead of ending the run (only the first open must succeed).
     """
     kind = source_kind(uri)
     if kind in ("images", "image"):
         if kind == "image":
-            return ImageSource(uri, [Path(uri).expanduser()], stall_timeout_s=stall_timeout_s, prepare=prepare)
-        images, skipped = list_images(Path(uri).expanduser())
+            return ImageSource(uri, [user_path(uri)], stall_timeout_s=stall_timeout_s, prepare=prepare)
+        images, skipped = list_images(user_path(uri))
         if not images:
-            raise UserError(f"no images in directory {uri} ({skipped} other file{'s' if skipped != 1 else ''})")
+            raise UserError(
+                f"no images in directory {printable(uri)} ({skipped} other file{'s' if skipped != 1 else ''})"
+            )
         return ImageSource(uri, images, skipped, stall_timeout_s=stall_timeout_s, prepare=prepare)
     is_live = kind in ("webcam", "url") if live is None else live
     return VideoSource(
-        uri, kind, is_live, realtime, prepare, width=width, height=height, fps=fps, stall_timeout_s=stall_timeout_s
-    )
+        uri, kind, is_live, realtime, prepare, stop, reconnect, on_status,
+        width=width, height=height, fps=fps, stall_timeout_s=stall_timeout_s,
+    )  # fmt: skip

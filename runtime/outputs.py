@@ -1,0 +1,73 @@
+"""The daemon's outputs: the publishers of `output.publishers`, kept by spec so that a reload adds and removes
+publishers without touching the others (a socket keeps its subscribers; an MQTT publisher its connection, unless
+output.mqtt changed)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from runtime.config import MqttConfig
+from runtime.publishers import Fanout, Publisher, is_mqtt, make_publisher
+
+
+class Outputs(Fanout):
+    """A Fanout over one publisher per spec; reconfigure(specs) builds the new, closes the removed, keeps the rest."""
+
+    def __init__(self, specs: list[str], mqtt: MqttConfig | None = None) -> None:
+        self.by_spec: dict[str, Publisher] = {}
+        self.mqtt = mqtt or MqttConfig()
+        self._hello: Callable[[], dict] | None = None
+        self._status: Callable[..., None] | None = None
+        self.reconfigure(specs)
+
+    def reconfigure(self, specs: list[str], mqtt: MqttConfig | None = None) -> list[str]:
+        """Make the outputs those of `specs` (MQTT ones with `mqtt`, if given, rebuilt if it changed); raises
+        UserError (having built nothing) if a new one cannot be made. Returns the specs added and removed, as
+        "+spec" / "-spec" (a rebuilt one is both)."""
+        specs = list(dict.fromkeys(s.strip() for s in specs))
+        mqtt = mqtt or self.mqtt
+        added: dict[str, Publisher] = {}
+        try:
+            for spec in specs:
+                if spec not in self.by_spec or (is_mqtt(spec) and mqtt != self.mqtt):
+                    added[spec] = make_publisher(spec, mqtt)
+                    if self._hello is not None:
+                        added[spec].set_hello(self._hello)
+                    if self._status is not None:
+                        added[spec].set_status(self._status)
+        except BaseException:
+            for publisher in added.values():
+                publisher.close()
+            raise
+        self.mqtt = mqtt
+        removed = [spec for spec in self.by_spec if spec not in specs or spec in added]
+        for spec in removed:
+            self.by_spec.pop(spec).close()
+        self.by_spec.update(added)
+        self.by_spec = {spec: self.by_spec[spec] for spec in specs}
+        self.publishers = list(self.by_spec.values())
+        return [f"+{s}" for s in added] + [f"-{s}" for s in removed]
+
+    def publish(self, line: bytes) -> None:
+        try:
+            super().publish(line)
+        finally:  # Fanout drops publishers whose reader left: keep the map in step
+            if len(self.publishers) != len(self.by_spec):
+                self.by_spec = {s: p for s, p in self.by_spec.items() if p in self.publishers}
+
+    def set_hello(self, make: Callable[[], dict]) -> None:
+        self._hello = make
+        super().set_hello(make)
+
+    def set_status(self, report: Callable[..., None]) -> None:
+        self._status = report
+        super().set_status(report)
+
+    def output_stats(self) -> dict:
+        """For stats events: the figures of the socket and MQTT outputs (subscribers or link, drops), by spec."""
+        figures = {}
+        for spec, publisher in self.by_spec.items():
+            describe = getattr(publisher, "stats", None)
+            if callable(describe):
+                figures[spec] = describe()
+        return {"outputs": figures} if figures else {}
