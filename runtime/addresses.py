@@ -191,7 +191,8 @@ def _listen_tcp(a: Address) -> Listener:
         raise UserError(f"{where}: cannot listen on {printable(a.host)}:{a.port}: {e.strerror}") from None
     if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback:
         say(
-            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: events reach other hosts unencrypted"
+            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: events reach other hosts unencrypted",
+            "warning",
         )
     return Listener(sock)
 

@@ -29,7 +29,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse's mistakes as one `error:` line (its default is the whole usage block) and exit 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        say(f"error: {' '.join(message.split())} (see '{self.prog} --help')")
+        say(f"error: {' '.join(message.split())} (see '{self.prog} --help')", "error")
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--emit", choices=["all", "faces"], help="events for all frames or only frames with faces [events.emit]"
     )
+    run.add_argument(
+        "--log-level",
+        choices=["error", "warning", "info", "debug"],
+        help="emotiond's lines on stderr; debug adds the native libraries' logs [log.level]",
+    )
     run.set_defaults(func=cmd_run)
 
     fetch = sub.add_parser(
@@ -154,6 +159,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "classifier.model": args.model,
         "classifier.threads": args.threads,
         "events.emit": args.emit,
+        "log.level": args.log_level,
     }
     return {key: value for key, value in pairs.items() if value is not None}
 
@@ -174,9 +180,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = run_overrides(args)
     check_encodable(overrides)
     config = load_config(resolve_config_path(args.config), overrides)
+    from runtime.errors import set_log_level
     from runtime.native_logs import filter_native_stderr
 
-    filter_native_stderr()
+    set_log_level(config.log.level)
+    if config.log.level != "debug":
+        filter_native_stderr()
     from runtime import service  # mediapipe, onnxruntime: loaded only when running
 
     path = resolve_config_path(args.config)
@@ -187,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.stuck:
         # A worker is still blocked writing to stdout (its reader stopped reading): the interpreter's own final
         # flush would block on that stream too, so leave without it, stderr flushed.
-        say("emotiond: stdout is not being read; events still queued for it were dropped")
+        say("emotiond: stdout is not being read; events still queued for it were dropped", "warning")
         os._exit(code)
     return code
 
@@ -228,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (UserError, FatalError) as e:
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message held
-        say(f"error: {message}")
+        say(f"error: {message}", "error")
         return EXIT_FATAL if isinstance(e, FatalError) else EXIT_USER_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

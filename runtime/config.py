@@ -284,6 +284,14 @@ class MqttConfig(_Section):
         return self
 
 
+class LogConfig(_Section):
+    level: Literal["error", "warning", "info", "debug"] = Field(
+        "info",
+        description="emotiond's own lines on stderr: errors, warnings (skipped files, lost frames), info (the "
+        "summary, reloads); debug also shows the native libraries' logs (MediaPipe, LiteRT, OpenVINO).",
+    )
+
+
 class OutputConfig(_Section):
     publishers: list[Text] = Field(
         ["stdout"],
@@ -309,6 +317,7 @@ class Config(_Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Face ids and smoothing (streams).")
     events: EventsConfig = Field(default_factory=EventsConfig, description="Which frames produce events.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Publishers and annotation.")
+    log: LogConfig = Field(default_factory=LogConfig, description="What reaches stderr (the journal).")
 
 
 _REPR = reprlib.Repr()

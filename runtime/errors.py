@@ -21,11 +21,27 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in s)
 
 
-def say(line: str) -> None:
-    """One line on stderr. Never raises: stderr may be closed, full or a pipe whose reader left, and a message
-    must not turn into a traceback (or, with stderr closed, into a line on stdout among the events)."""
+LOG_LEVELS = ("error", "warning", "info", "debug")
+_shown = LOG_LEVELS.index("info")  # lines of this level and more severe are shown
+
+
+def set_log_level(level: str) -> None:
+    """Which of emotiond's own lines reach stderr (`--log-level`, `log.level`); debug also lets the native
+    libraries' log lines through (runtime.native_logs)."""
+    global _shown
+    _shown = LOG_LEVELS.index(level)
+
+
+def log_level() -> str:
+    return LOG_LEVELS[_shown]
+
+
+def say(line: str, level: str = "info") -> None:
+    """One line on stderr, if `level` is shown. Never raises: stderr may be closed, full or a pipe whose reader
+    left, and a message must not turn into a traceback (or, with stderr closed, into a line on stdout among the
+    events)."""
     stream = sys.stderr
-    if stream is None:
+    if stream is None or LOG_LEVELS.index(level) > _shown:
         return
     try:
         stream.write(line + "\n")

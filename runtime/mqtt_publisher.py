@@ -141,7 +141,7 @@ class MqttPublisher(Publisher):
                         return
                 if outage is None:
                     outage = why
-                    say(f"emotiond: {printable(self.spec)}: {why}; reconnecting in the background")
+                    say(f"emotiond: {printable(self.spec)}: {why}; reconnecting in the background", "warning")
                 self._started.set()
                 attempt += 1
                 delay = next(delays)
@@ -150,7 +150,7 @@ class MqttPublisher(Publisher):
                     break
             self._goodbye()
         except Exception as e:  # a bug here must not pass silently: events would just stop
-            say(f"emotiond: {printable(self.spec)}: publisher failed: {type(e).__name__}: {printable(e)}")
+            say(f"emotiond: {printable(self.spec)}: publisher failed: {type(e).__name__}: {printable(e)}", "error")
         finally:
             self.link.close()
             self._started.set()

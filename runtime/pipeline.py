@@ -194,7 +194,10 @@ class Pipeline:
             raise FatalError(f"{stage} failed on {c.failed_in_a_row} frames in a row ({what})")
         if (stage, type(error)) not in c.reported:
             c.reported.add((stage, type(error)))
-            say(f"emotiond: a frame was left out: {stage} failed ({what}); further such errors are only counted")
+            say(
+                f"emotiond: a frame was left out: {stage} failed ({what}); further such errors are only counted",
+                "warning",
+            )
 
     def process(self, frame: Frame) -> dict | None:
         """One frame through every stage on the calling thread; returns its event (None if not emitted)."""

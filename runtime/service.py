@@ -173,7 +173,7 @@ def _reload(config: Config, path: str | None, read_config, stages, outputs, buil
             raise
     except (UserError, Stopped) as e:
         message = " ".join(str(e).split()) or "stopping"
-        say(f"emotiond: reload failed, the running config stays: {message}")
+        say(f"emotiond: reload failed, the running config stays: {message}", "warning")
         reporter.status("error", f"reload failed: {message}", error="reload")
         _online(reporter, stages, config)
         return config, stages

@@ -131,7 +131,10 @@ class SocketPublisher(Publisher):
                     self._handle(key, mask)
                 self._pump()
         except Exception as e:  # a bug here must not pass silently: the subscribers would just hang
-            say(f"emotiond: {printable(self.address.spec)}: publisher failed: {type(e).__name__}: {printable(e)}")
+            say(
+                f"emotiond: {printable(self.address.spec)}: publisher failed: {type(e).__name__}: {printable(e)}",
+                "error",
+            )
         finally:
             self.listener.close()
             for sub in list(self._subs):
@@ -170,7 +173,10 @@ class SocketPublisher(Publisher):
             except ConnectionAbortedError:
                 continue
             except OSError as e:  # out of fds: the waiting connection stays queued; try again on the next wake-up
-                say(f"emotiond: {printable(self.address.spec)}: cannot accept a subscriber: {printable(e.strerror)}")
+                say(
+                    f"emotiond: {printable(self.address.spec)}: cannot accept a subscriber: {printable(e.strerror)}",
+                    "warning",
+                )
                 time.sleep(0.05)
                 return
             sock.setblocking(False)

@@ -313,6 +313,9 @@ class VideoSource(Source):
                     if cap is None:
                         return  # stopping
                     continue
+            if image.size == 0 or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+                self.skipped += 1  # an empty or malformed frame (a broken camera driver): skipped and counted
+                continue
             frame = self._frame(image, index, t0)
             if pace:  # the file's own clock: frame i is due at start + i/fps
                 delay = start + index * pace - time.monotonic()
@@ -385,7 +388,7 @@ class ImageSource(Source):
                 if len(self.paths) == 1:
                     raise UserError(f"cannot decode image {printable(path)}")
                 self.skipped += 1  # named on stderr: the user should know which file was left out
-                say(f"emotiond: skipped {printable(path)}: not a decodable image")
+                say(f"emotiond: skipped {printable(path)}: not a decodable image", "warning")
                 continue
             if not self._deliver(self._frame(image, index, t0, str(path))):
                 return

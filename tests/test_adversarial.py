@@ -391,3 +391,22 @@ def test_a_run_prints_only_its_summary_on_stderr(emotiond, test_video):
     assert proc.returncode == 0
     lines = proc.stderr.decode().splitlines()
     assert len(lines) == 1 and lines[0].startswith("emotiond: eos:"), lines
+
+
+def test_log_levels_choose_what_reaches_stderr(emotiond, image_dir, tmp_path):
+    folder = tmp_path / "photos"
+    shutil.copytree(image_dir, folder)
+    (folder / "broken.jpg").write_bytes(b"not an image")
+
+    def stderr_at(level: str) -> list[str]:
+        proc = run(emotiond, "run", "--source", str(folder), "--log-level", level)
+        assert proc.returncode == 0
+        return proc.stderr.decode().splitlines()
+
+    assert stderr_at("error") == []
+    warning = stderr_at("warning")
+    assert len(warning) == 1 and "skipped" in warning[0] and "broken.jpg" in warning[0]
+    info = stderr_at("info")
+    assert len(info) == 2 and info[-1].startswith("emotiond: eos:")
+    debug = stderr_at("debug")  # the native libraries' own lines too
+    assert any(line.startswith("INFO: ") for line in debug) and debug[-1].startswith("emotiond: eos:")

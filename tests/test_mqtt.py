@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import pytest
 import yaml
 from mqtt_broker import MOSQUITTO, MOSQUITTO_SUB, PASSWORD, USER, Broker, Subscriber, make_tls_files, retained
@@ -67,22 +66,6 @@ def broker(tmp_path):
     yield start
     for b in brokers:
         b.stop()
-
-
-@pytest.fixture(scope="module")
-def long_clip(test_video, tmp_path_factory) -> Path:
-    """The test clip five times over (360 frames, 14.4 s at its 25 frames/s): a run that lasts in --realtime."""
-    cap = cv2.VideoCapture(str(test_video.path))
-    frames = []
-    while (ok_frame := cap.read())[0]:
-        frames.append(ok_frame[1])
-    cap.release()
-    path = tmp_path_factory.mktemp("long") / "long.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
-    for frame in frames * 5:
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 def test_every_frame_event_arrives_in_order_with_its_faces(

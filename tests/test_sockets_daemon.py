@@ -13,9 +13,8 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
 import pytest
-from socket_clients import Reader, free_port
+from socket_clients import Reader, connect_when_up, free_port
 
 from runtime.events import PUBLISHED_TYPES
 
@@ -28,23 +27,6 @@ def daemon(emotiond: Path, model_dir: Path, clip: Path, *outputs: str, realtime:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=clip.parent)
 
 
-def connect_when_up(address: tuple | str, rcvbuf: int | None = None, timeout: float = 60) -> socket.socket:
-    """Connect as soon as the daemon listens (polling), so no event is published before."""
-    end = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX if isinstance(address, str) else socket.AF_INET)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        try:
-            sock.connect(address)
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.002)
-
-
 def finish(proc: subprocess.Popen) -> tuple[str, str]:
     out, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
@@ -53,22 +35,6 @@ def finish(proc: subprocess.Popen) -> tuple[str, str]:
 
 def fps(stderr: str) -> float:
     return float(re.search(r"\(([\d.]+) frames/s\)", stderr).group(1))
-
-
-@pytest.fixture(scope="module")
-def long_clip(test_video, tmp_path_factory) -> Path:
-    """The test clip four times over (288 frames): long enough to overflow a stalled subscriber's queue."""
-    cap = cv2.VideoCapture(str(test_video.path))
-    frames = []
-    while (ok_frame := cap.read())[0]:
-        frames.append(ok_frame[1])
-    cap.release()
-    path = tmp_path_factory.mktemp("long") / "long.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
-    for frame in frames * 4:
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 @pytest.mark.slow

@@ -51,3 +51,25 @@ def test_the_daemon_publishes_stats_that_add_up(emotiond, test_video, tmp_path, 
     busy = [e for e in stats if e["frames"]]
     assert busy and all(e["fps"] > 0 and {"detect", "classify", "total"} <= set(e["latency_ms"]) for e in busy)
     assert sum(e["faces"] for e in stats) <= sum(len(f["faces"]) for f in frames)
+
+
+def test_a_stalled_subscribers_drops_show_in_stats(emotiond, test_video, tmp_path):
+    from socket_clients import Reader, connect_when_up
+
+    path = tmp_path / "ev.sock"
+    spec = f"unix:{path}?queue=8"
+    config = tmp_path / "c.yaml"
+    config.write_text("events:\n  stats_interval_s: 0.3\n")
+    proc = subprocess.Popen(
+        [str(emotiond), "run", "--config", str(config), "--source", str(test_video.path), "--realtime",
+         "--output", spec], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO,
+    )  # fmt: skip
+
+    healthy = Reader(connect_when_up(str(path)))
+    stalled = connect_when_up(str(path), rcvbuf=4096)  # connected, never reads
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    healthy.join(timeout=10)
+    stalled.close()
+    stats = [e for e in healthy.lines if e["type"] == "stats"]
+    outputs = stats[-1]["outputs"][spec]
+    assert outputs["subscribers"] == 2 and outputs["dropped_total"] > 0, stats[-1]
