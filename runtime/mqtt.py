@@ -42,7 +42,9 @@ class Target:
 
 def _shown(spec: str) -> str:
     """The spec for a message, with any password in it hidden."""
-    return re.sub(r"^(mqtts?://[^/@:]*):[^/@]*@", r"\1:***@", printable(spec.strip()), flags=re.I)
+    shown = printable(spec.strip())
+    match = re.match(r"^(mqtts?://)([^:/@]*):(.*)@", shown, flags=re.I)  # greedy: the password ends at the last @
+    return f"{match.group(1)}{match.group(2)}:***@{shown[match.end() :]}" if match else shown
 
 
 def parse_url(spec: str) -> Target:

@@ -66,7 +66,7 @@ class Outputs(Fanout):
     def output_stats(self) -> dict:
         """For stats events: the figures of the socket and MQTT outputs (subscribers or link, drops), by spec."""
         figures = {}
-        for spec, publisher in self.by_spec.items():
+        for spec, publisher in list(self.by_spec.items()):  # a reload may change the map meanwhile
             describe = getattr(publisher, "stats", None)
             if callable(describe):
                 figures[spec] = describe()

@@ -95,6 +95,7 @@ class Pipeline:
         on_heartbeat: Callable[[], None] | None = None,
         stats=None,  # runtime.stats.Stats or None: per-frame figures for stats events
         counters: Counters | None = None,  # to go on counting where an earlier run (before a reload) stopped
+        hard_stop: threading.Event | None = None,  # a real stop, when `stop` may also be a reload's pause
     ) -> None:
         self.source = source
         self.detectors = list(detector) if isinstance(detector, list | tuple) else [detector]
@@ -108,6 +109,7 @@ class Pipeline:
         self.on_heartbeat = on_heartbeat
         self.stats = stats
         self.counters = counters or Counters()
+        self.hard_stop = hard_stop or self.stop
         self.stuck: list[threading.Thread] = []  # worker threads that did not end after a stop (runtime.workers)
 
     def run(self, overlap: bool = True) -> str:
@@ -117,7 +119,8 @@ class Pipeline:
                 return self._loop(self._finish_or_count)
             backlog = len(self.detectors) + HANDOFF
             # The finisher exits first: it still waits for the frames the detectors are working on.
-            grace = Grace(self.stop)  # one deadline for every wait once a stop is asked
+            # One deadline for every wait once a real stop is asked; a reload's pause waits for the frames in flight.
+            grace = Grace(self.hard_stop)
             pool = DetectorPool(self.detectors, self._detect_or_wrap, grace)
             finisher = Finisher(self._finish_or_count, backlog, grace)
             try:
@@ -140,6 +143,12 @@ class Pipeline:
             # Short polls instead of one long wait: a stop request is seen within POLL_S even from a silent source,
             # and the stall watchdog still fires after stall_s without a frame.
             frame = self.source.poll(poll_s)  # a failure of the capture thread (its own stall report too) raises
+            now = time.monotonic()
+            # The watchdog hears the loop, not the frames: a reconnecting camera is not a hung daemon (a source
+            # that stalls without reconnecting ends the run below).
+            if self.on_heartbeat is not None and now >= next_beat:
+                self.on_heartbeat()
+                next_beat = now + HEARTBEAT_S
             if frame is NOTHING:
                 if time.monotonic() - last_frame < stall_s or self.source.reconnects:
                     continue  # a reconnecting source reports its own state
@@ -151,9 +160,6 @@ class Pipeline:
                 hand_off(frame)
             except ReaderGone:
                 return "reader_gone"
-            if self.on_heartbeat is not None and last_frame >= next_beat:
-                self.on_heartbeat()
-                next_beat = last_frame + HEARTBEAT_S
         return "stopped"
 
     def _detect_or_wrap(self, frame: Frame, detector=None) -> Detected:

@@ -28,12 +28,18 @@ class Backoff:
 
 
 def reopen(
-    open_once: Callable[[], T], backoff: Backoff, stop: threading.Event, on_status: StatusCallback, why: str
+    open_once: Callable[[], T],
+    backoff: Backoff | Iterator[float],
+    stop: threading.Event,
+    on_status: StatusCallback,
+    why: str,
 ) -> T | None:
     """open_once() until it succeeds (its result) or a stop is requested (None). UserError from open_once is a
-    failed attempt; anything else is raised."""
+    failed attempt; anything else is raised. `backoff` may be delays already under way (a source that opens and
+    fails again at once keeps backing off instead of starting over)."""
     on_status("offline", why)
-    for attempt, delay in enumerate(backoff.delays(), start=1):
+    delays = backoff.delays() if isinstance(backoff, Backoff) else backoff
+    for attempt, delay in enumerate(delays, start=1):
         on_status("reconnecting", f"attempt {attempt} in {delay:g} s", attempt=attempt, retry_s=delay)
         if stop.wait(delay):
             return None

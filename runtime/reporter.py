@@ -44,6 +44,11 @@ class Locked(Publisher):
     def set_hello(self, make: Callable[[], dict]) -> None:
         self.inner.set_hello(make)
 
+    @property
+    def exclusive(self) -> threading.Lock:
+        """`with locked.exclusive:` no thread publishes meanwhile (a reload changing the outputs)."""
+        return self._lock
+
     def set_status(self, report: Callable[..., None]) -> None:
         self.inner.set_status(report)
 

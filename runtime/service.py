@@ -114,7 +114,7 @@ def run(
                 source=stages.source, detector=stages.detectors, cropper=stages.cropper,
                 classifier=stages.classifier, tracker=stages.tracker, builder=builder, publisher=publisher,
                 annotator=stages.annotator, stop=wake, on_heartbeat=systemd.watchdog_ping, stats=reporter.stats,
-                counters=counters,
+                counters=counters, hard_stop=stop,
             )  # fmt: skip
             if not stages.started:
                 stages.source.start()
@@ -131,6 +131,8 @@ def run(
                 config, stages = _reload(
                     config, config_path, read_config, stages, outputs, builder, reporter, ticker, stop
                 )
+                if stop.is_set() or reload.is_set():  # a signal that came during the reload: not lost
+                    wake.set()
                 continue
             break
         seconds = time.monotonic() - start
@@ -165,7 +167,8 @@ def _reload(config: Config, path: str | None, read_config, stages, outputs, buil
         new = read_config()
         new_stages, changed = stage_builder.rebuild(stages, config, new, stop, reporter.status)
         try:
-            changed += outputs.reconfigure(new.output.publishers, new.output.mqtt)
+            with reporter.publisher.exclusive:  # no event is published to an output being replaced
+                changed += outputs.reconfigure(new.output.publishers, new.output.mqtt)
         except UserError:
             for stage in new_stages.owned:
                 if stage not in stages.owned:

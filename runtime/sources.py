@@ -252,6 +252,7 @@ class VideoSource(Source):
         # Cameras and streams that fail or stall are reopened (files end): the pipeline then waits, not stalls.
         self.reconnect = reconnect if kind in ("webcam", "url") else None
         self.reconnects = self.reconnect is not None
+        self._delays: Iterator[float] | None = None  # backoff under way, until a frame arrives again
         self.on_status = on_status or (lambda *a, **k: None)
         self._opts = opts
         self._fd: int | None = None  # a file whose name OpenCV cannot take, opened by us (_capture_path)
@@ -271,12 +272,14 @@ class VideoSource(Source):
     def _reopen(self, why: str) -> cv2.VideoCapture | None:
         """Release the lost capture and open it again with backoff (None once stopping); in the capture thread."""
         self._cap.release()
+        if self._delays is None:
+            self._delays = self.reconnect.delays()
         cap = reopen(
             lambda: run_bounded(
                 lambda: _open_capture(self.uri, self.kind, self._opts), f"cannot open source {printable(self.uri)}",
                 OPEN_TIMEOUT_MS / 1000 + 1, self._stop,
             ),
-            self.reconnect, self._stop, self.on_status, why,
+            self._delays, self._stop, self.on_status, why,
         )  # fmt: skip
         if cap is not None:
             self._cap = cap
@@ -316,6 +319,7 @@ class VideoSource(Source):
             if image.size == 0 or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 self.skipped += 1  # an empty or malformed frame (a broken camera driver): skipped and counted
                 continue
+            self._delays = None  # a frame again: the next loss backs off from the start
             frame = self._frame(image, index, t0)
             if pace:  # the file's own clock: frame i is due at start + i/fps
                 delay = start + index * pace - time.monotonic()

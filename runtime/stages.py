@@ -149,12 +149,13 @@ def rebuild(stages: Stages, old: Config, new: Config, stop, on_status: StatusCal
     new_source = "source" in changed or old.detector.input_side != new.detector.input_side
     owned: list = []
     try:
-        source = _open(new, stop, on_status) if new_source else stages.source
+        source = _reopen(stages, old, new, stop, on_status) if new_source else stages.source
         if new_source:
             owned.append(source)
         classifier = load_classifier(new) if "classifier" in changed else stages.classifier
         annotator = stages.annotator
-        if new_source or "annotate" in changed:
+        # The same annotate path goes on in the same file (a new writer would truncate what was written).
+        if "annotate" in changed or (annotator is not None and annotator.stills != source.stills):
             annotator = _annotator(new, source)
             if annotator is not None:
                 owned.append(annotator)
@@ -175,6 +176,22 @@ def rebuild(stages: Stages, old: Config, new: Config, stop, on_status: StatusCal
         started=stages.started and not new_source,
     )  # fmt: skip
     return result, changed
+
+
+def _reopen(stages: Stages, old: Config, new: Config, stop, on_status: StatusCallback) -> Source:
+    """The source for `new`. A camera is closed first (V4L2 refuses a second open of a busy device); if the new one
+    cannot be opened the old one is opened again into `stages` (not started) and the error raised."""
+    if getattr(stages.source, "kind", None) != "webcam":
+        return _open(new, stop, on_status)
+    stages.source.close()
+    stages.owned.remove(stages.source)
+    try:
+        return _open(new, stop, on_status)
+    except BaseException:
+        stages.source = _open(old, stop, on_status)
+        stages.owned.insert(0, stages.source)
+        stages.started = False
+        raise
 
 
 def _retune(tracker: Tracker, config: Config) -> Tracker:

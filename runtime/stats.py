@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from runtime.errors import say
+
 STAGES = ("decode", "queue", "detect", "crop", "classify", "track", "publish", "total")
 
 
@@ -84,12 +86,15 @@ class Ticker:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s or 1.0):
             if self.interval_s > 0:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception as e:  # one failed figure must not end the stats for good
+                    say(f"emotiond: a stats event was left out: {type(e).__name__}: {e}", "warning")
 
     def retune(self, interval_s: float) -> None:
         """A new interval (a reload), taking effect after the current wait."""
         self.interval_s = interval_s
-        if interval_s > 0 and not self._thread.is_alive() and not self._stop.is_set():
+        if interval_s > 0 and self._thread.ident is None and not self._stop.is_set():  # a thread starts once
             self._thread.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -113,3 +113,34 @@ def test_the_daemon_reports_the_loss_and_carries_on_in_the_same_session(emotiond
     assert [e["seq"] for e in events] == list(range(len(events)))
     for event in events:
         event_validator.validate(event)
+
+
+def test_the_watchdog_hears_the_loop_while_a_source_reconnects():
+    """No frames while a camera is away must not look like a hung daemon to systemd (WatchdogSec=)."""
+    from runtime.pipeline import Pipeline
+    from runtime.sources import Source
+
+    class Away(Source):
+        reconnects = True
+
+        def _capture(self) -> None:
+            self._stop.wait(30)  # reconnecting, for longer than the test
+
+    beats: list[float] = []
+    stop = threading.Event()
+    source = Away("away", live=True, stall_timeout_s=0.5)
+    pipeline = Pipeline(source, [None], None, None, None, None, None, stop=stop, on_heartbeat=lambda: beats.append(1))
+    threading.Timer(2.6, stop.set).start()
+    with source:
+        assert pipeline.run(overlap=False) == "stopped"  # not "stalled": it reconnects
+    assert len(beats) >= 3  # about one a second
+
+
+def test_backoff_goes_on_while_a_reopened_source_fails_at_once():
+    from runtime.reconnect import reopen
+
+    delays = Backoff(0.01, 1.0).delays()
+    waits = []
+    for _ in range(3):  # opens, then fails on its first read, three times: no frame in between
+        reopen(lambda: "cap", delays, threading.Event(), lambda s, d, **f: waits.append(f.get("retry_s")), "lost")
+    assert [w for w in waits if w is not None] == [0.01, 0.02, 0.04]
