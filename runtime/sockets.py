@@ -60,6 +60,7 @@ class SocketPublisher(Publisher):
         self.listener: Listener = listen(address)  # a UserError here leaves nothing behind
         self._lock = threading.Lock()
         self._subs: list[_Subscriber] = []
+        self._quiet_until = 0.0  # no "cannot accept" warning before this (monotonic s): once a minute
         self._dropped_gone = 0  # dropped for subscribers that have left
         self._hello: Callable[[], dict] | None = None
         self._closed = False
@@ -173,10 +174,12 @@ class SocketPublisher(Publisher):
             except ConnectionAbortedError:
                 continue
             except OSError as e:  # out of fds: the waiting connection stays queued; try again on the next wake-up
-                say(
-                    f"emotiond: {printable(self.address.spec)}: cannot accept a subscriber: {printable(e.strerror)}",
-                    "warning",
-                )
+                if time.monotonic() >= self._quiet_until:  # once a minute, not at every retry
+                    self._quiet_until = time.monotonic() + 60
+                    say(
+                        f"emotiond: {printable(self.address.spec)}: cannot accept a subscriber: "
+                        f"{printable(e.strerror)}", "warning",
+                    )  # fmt: skip
                 time.sleep(0.05)
                 return
             sock.setblocking(False)
