@@ -38,7 +38,7 @@ _owners_lock = threading.Lock()
 
 
 class MqttPublisher(Publisher):
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, stop: threading.Event | None = None) -> None:
         self.conn, self.spec, self.settings = conn, conn.target.spec, conn.settings
         self.router = Router(conn.base)
         self._lock = threading.Lock()
@@ -56,7 +56,10 @@ class MqttPublisher(Publisher):
             _owners[self.router.status] = self
         self._thread = threading.Thread(target=self._run, name=f"mqtt {conn.target.host}", daemon=True)
         self._thread.start()
-        self._started.wait(self.settings.connect_timeout_s + 1.0)
+        # The broker's first answer (a refusal is fatal), unless the daemon is asked to stop meanwhile.
+        deadline = time.monotonic() + self.settings.connect_timeout_s + 1.0
+        while not self._started.wait(0.1) and time.monotonic() < deadline and not (stop and stop.is_set()):
+            pass
         with self._lock:
             self._start_over, fatal = True, self._fatal
         if fatal:

@@ -4,6 +4,7 @@ output.mqtt changed)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 from runtime.config import MqttConfig
@@ -13,8 +14,9 @@ from runtime.publishers import Fanout, Publisher, is_mqtt, make_publisher
 class Outputs(Fanout):
     """A Fanout over one publisher per spec; reconfigure(specs) builds the new, closes the removed, keeps the rest."""
 
-    def __init__(self, specs: list[str], mqtt: MqttConfig | None = None) -> None:
+    def __init__(self, specs: list[str], mqtt: MqttConfig | None = None, stop: threading.Event | None = None) -> None:
         self.by_spec: dict[str, Publisher] = {}
+        self.stop = stop  # a broker's first answer is not waited for once the daemon is stopping
         self.mqtt = mqtt or MqttConfig()
         self._hello: Callable[[], dict] | None = None
         self._status: Callable[..., None] | None = None
@@ -30,7 +32,7 @@ class Outputs(Fanout):
         try:
             for spec in specs:
                 if spec not in self.by_spec or (is_mqtt(spec) and mqtt != self.mqtt):
-                    added[spec] = make_publisher(spec, mqtt)
+                    added[spec] = make_publisher(spec, mqtt, self.stop)
                     if self._hello is not None:
                         added[spec].set_hello(self._hello)
                     if self._status is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
@@ -146,7 +147,9 @@ class Fanout(Publisher):
             publisher.close()
 
 
-def make_publisher(spec: str | list[str], settings: MqttConfig | None = None) -> Publisher:
+def make_publisher(
+    spec: str | list[str], settings: MqttConfig | None = None, stop: threading.Event | None = None
+) -> Publisher:
     """A publisher from its spec ("stdout", "unix:PATH", "tcp:[HOST:]PORT", "mqtt://HOST/PREFIX"); a list or a
     comma-separated spec publishes to each. Sockets are listening (and a broker has answered, or is known to be
     down) when this returns; if one spec fails, those built are closed again. `settings`: output.mqtt."""
@@ -159,7 +162,7 @@ def make_publisher(spec: str | list[str], settings: MqttConfig | None = None) ->
         built: list[Publisher] = []
         try:
             for s in specs:
-                built.append(make_publisher(s, settings))
+                built.append(make_publisher(s, settings, stop))
         except BaseException:
             for publisher in built:
                 publisher.close()
@@ -177,7 +180,7 @@ def make_publisher(spec: str | list[str], settings: MqttConfig | None = None) ->
         from runtime.mqtt import resolve
         from runtime.mqtt_publisher import MqttPublisher  # paho: loaded only for an MQTT output
 
-        return MqttPublisher(resolve(specs[0], settings))
+        return MqttPublisher(resolve(specs[0], settings), stop)
     raise UserError(f"output: unknown publisher {printable(specs[0])!r} ({EXPECTED})")
 
 

@@ -91,7 +91,7 @@ def run(
     wake = threading.Event()
     started = time.monotonic()
     with signals(stop, reload, wake), contextlib.ExitStack() as stack:
-        outputs = stack.enter_context(Outputs(config.output.publishers, config.output.mqtt))
+        outputs = stack.enter_context(Outputs(config.output.publishers, config.output.mqtt, stop))
         publisher = Locked(outputs)
         builder = EventBuilder(
             session=new_session_id(), source=config.source.uri, model_id="", emit_empty=config.events.emit == "all"

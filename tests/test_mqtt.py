@@ -297,6 +297,27 @@ def test_sigterm_ends_the_daemon_within_2_s_while_the_broker_does_not_answer(
     assert re.search(r"cannot reach the broker: timed out|no answer from the broker", err), err
 
 
+def test_sigterm_while_waiting_for_a_silent_broker_at_start_ends_within_2_s(emotiond, model_dir, long_clip, tmp_path):
+    silent = socket.socket()  # a full backlog: the first connect waits its whole connect_timeout_s
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(0)
+    filler = socket.create_connection(silent.getsockname())
+    config = write_config(tmp_path, connect_timeout_s=20.0)
+    spec = f"mqtt://127.0.0.1:{silent.getsockname()[1]}/emotiond"
+    proc = daemon(emotiond, model_dir, long_clip, config, "stdout", spec, realtime=True)
+    try:
+        time.sleep(3.0)  # past the imports, into the broker's first answer
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        seconds = time.monotonic() - started
+    finally:
+        filler.close()
+        silent.close()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert seconds < 2.0, f"{seconds:.2f} s to stop"
+
+
 def test_the_benchmark_quick_mode_reports_throughput_and_the_frame_rate_ratio(model_dir, detector_model, tmp_path):
     from benchmarks import mqtt as bench
 
