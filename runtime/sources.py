@@ -56,27 +56,45 @@ class SourceStalled(UserError):
     """No frame arrived within the watchdog timeout."""
 
 
-def run_bounded(work: Callable[[], object], what: str, timeout_s: float, stop: threading.Event | None = None):
+def run_bounded(
+    work: Callable[[], object], what: str, timeout_s: float, stop: threading.Event | None = None,
+    discard: Callable[[object], None] | None = None,
+):  # fmt: skip
     """work() in a daemon thread; its result, or its exception re-raised. Stopped if `stop` is set first, and
-    UserError naming `what` after timeout_s: the thread may stay blocked, and is abandoned (it holds nothing the
-    process needs)."""
+    UserError naming `what` after timeout_s: the thread may stay blocked, and is abandoned; should it still
+    succeed, discard(result) frees what it opened (a capture nobody will read)."""
     box: dict = {}
+    lock = threading.Lock()
 
     def target() -> None:
         try:
-            box["result"] = work()
+            result = work()
         except BaseException as e:
             box["error"] = e
+            return
+        with lock:
+            abandoned = box.get("abandoned", False)
+            box["result"] = result
+        if abandoned and discard is not None:
+            discard(result)
 
     thread = threading.Thread(target=target, name=f"open:{what}", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout_s
-    while thread.is_alive():
-        thread.join(POLL_S)
-        if stop is not None and stop.is_set():
-            raise Stopped
-        if thread.is_alive() and time.monotonic() > deadline:
-            raise UserError(f"{what}: no answer within {timeout_s:g} s")
+    try:
+        while thread.is_alive():
+            thread.join(POLL_S)
+            if stop is not None and stop.is_set():
+                raise Stopped
+            if thread.is_alive() and time.monotonic() > deadline:
+                raise UserError(f"{what}: no answer within {timeout_s:g} s")
+    except BaseException:
+        with lock:
+            box["abandoned"] = True
+            late = box.get("result")
+        if late is not None and discard is not None:  # it finished just as we gave up
+            discard(late)
+        raise
     if "error" in box:
         raise box["error"]
     return box["result"]
@@ -261,7 +279,7 @@ class VideoSource(Source):
         try:
             self._cap, self._first = run_bounded(
                 lambda: _open_and_check(target, uri, kind, opts), f"cannot open source {printable(uri)}",
-                OPEN_TIMEOUT_MS / 1000 + 1, stop,
+                OPEN_TIMEOUT_MS / 1000 + 1, stop, discard=lambda opened: opened[0].release(),
             )  # fmt: skip
         except BaseException:
             self._close_fd()
@@ -277,7 +295,7 @@ class VideoSource(Source):
         cap = reopen(
             lambda: run_bounded(
                 lambda: _open_capture(self.uri, self.kind, self._opts), f"cannot open source {printable(self.uri)}",
-                OPEN_TIMEOUT_MS / 1000 + 1, self._stop,
+                OPEN_TIMEOUT_MS / 1000 + 1, self._stop, discard=lambda cap: cap.release(),
             ),
             self._delays, self._stop, self.on_status, why,
         )  # fmt: skip

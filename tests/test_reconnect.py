@@ -144,3 +144,21 @@ def test_backoff_goes_on_while_a_reopened_source_fails_at_once():
     for _ in range(3):  # opens, then fails on its first read, three times: no frame in between
         reopen(lambda: "cap", delays, threading.Event(), lambda s, d, **f: waits.append(f.get("retry_s")), "lost")
     assert [w for w in waits if w is not None] == [0.01, 0.02, 0.04]
+
+
+def test_an_open_that_succeeds_after_it_was_given_up_is_freed():
+    from runtime.sources import run_bounded
+
+    freed, release = [], threading.Event()
+
+    def slow_open() -> str:
+        release.wait(5)
+        return "capture"
+
+    with pytest.raises(UserError, match="no answer within"):
+        run_bounded(slow_open, "cannot open source x", 0.2, discard=freed.append)
+    release.set()  # the open completes after all, with nobody to read it
+    deadline = time.monotonic() + 5
+    while not freed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert freed == ["capture"]
