@@ -42,14 +42,17 @@ def repeated_clip(path: Path, repeat: int) -> Path:
     return path
 
 
-def connect_when_up(path: Path, rcvbuf: int | None = None, timeout: float = 120) -> socket.socket:
+def connect_when_up(address: tuple | str | Path, rcvbuf: int | None = None, timeout: float = 120) -> socket.socket:
+    """Connect as soon as the daemon listens (polling), so no event is published before; a str or Path is a Unix
+    socket, a tuple a TCP address. Tests use it too."""
+    address = str(address) if isinstance(address, Path) else address
     end = time.monotonic() + timeout
     while True:
-        sock = socket.socket(socket.AF_UNIX)
+        sock = socket.socket(socket.AF_UNIX if isinstance(address, str) else socket.AF_INET)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         try:
-            sock.connect(str(path))
+            sock.connect(address)
             return sock
         except OSError:
             sock.close()

@@ -5,30 +5,14 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
+
+from benchmarks.sockets import connect_when_up  # noqa: F401 - one helper for tests and benchmarks
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def connect_when_up(address: tuple | str, rcvbuf: int | None = None, timeout: float = 60) -> socket.socket:
-    """Connect as soon as the daemon listens (polling), so no event is published before; a str is a Unix path."""
-    end = time.monotonic() + timeout
-    while True:
-        sock = socket.socket(socket.AF_UNIX if isinstance(address, str) else socket.AF_INET)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        try:
-            sock.connect(address)
-            return sock
-        except OSError:
-            sock.close()
-            if time.monotonic() > end:
-                raise
-            time.sleep(0.002)
 
 
 class Reader(threading.Thread):
