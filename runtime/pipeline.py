@@ -26,7 +26,7 @@ import numpy as np
 
 from runtime.crop import FaceCropper
 from runtime.errors import FatalError, UserError, printable, say
-from runtime.events import EventBuilder, encode
+from runtime.events import EventBuilder
 from runtime.frames import Face, Frame
 from runtime.publishers import Publisher, ReaderGone
 from runtime.sources import NOTHING, Source, SourceStalled
@@ -260,10 +260,9 @@ class Pipeline:
         if self.annotator is not None:
             self.annotator.write(frame, faces)
         latency["total"] = max(0.0, (time.monotonic_ns() - frame.capture_ns) / 1e6)
-        event = self.builder.frame(frame, faces, w, h, latency)
+        t5 = time.perf_counter_ns()
+        event = self.publisher.publish_event(lambda: self.builder.frame(frame, faces, w, h, latency))
         if event is not None:
-            t5 = time.perf_counter_ns()
-            self.publisher.publish(encode(event))
             latency["publish"] = (time.perf_counter_ns() - t5) / 1e6  # for stats only: the event has left
             c.events += 1
         if self.stats is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
 from runtime.errors import UserError, printable
+from runtime.events import encode
 
 if TYPE_CHECKING:
     from runtime.config import MqttConfig
@@ -36,6 +37,14 @@ class Publisher(ABC):
     @abstractmethod
     def publish(self, line: bytes) -> None:
         """Send one encoded event line (ending in b"\\n"). Must never block the pipeline for long."""
+
+    def publish_event(self, make: Callable[[], dict | None]) -> dict | None:
+        """Build an event (`make()` stamps its seq) and publish it; None from make() publishes nothing. Publishers
+        shared by threads (runtime.reporter.Locked) do both under one lock, so seqs leave in order."""
+        event = make()
+        if event is not None:
+            self.publish(encode(event))
+        return event
 
     def close(self) -> None:  # noqa: B027 - most publishers hold nothing worth closing
         """Release what the publisher holds; publishing after close is an error of the caller."""

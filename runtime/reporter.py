@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from runtime import systemd
 from runtime.errors import UserError, printable
-from runtime.events import EventBuilder, emotiond_version, encode
+from runtime.events import EventBuilder, emotiond_version
 from runtime.publishers import Publisher, ReaderGone
 from runtime.stats import Stats, Ticker, status_line
 
@@ -30,13 +30,19 @@ class Locked(Publisher):
         with self._lock:
             self.inner.publish(line)
 
-    def try_publish(self, line: bytes, timeout: float) -> bool:
-        """publish() unless another thread holds the outputs for `timeout` s (a finisher blocked on a stdout
-        nobody reads): the daemon's own events must never keep it from stopping."""
+    def publish_event(self, make: Callable[[], dict | None]) -> dict | None:
+        """The seq is taken and the line sent under the one lock: events leave in seq order whichever thread
+        builds them."""
+        with self._lock:
+            return self.inner.publish_event(make)
+
+    def try_publish_event(self, make: Callable[[], dict | None], timeout: float) -> bool:
+        """publish_event() unless another thread holds the outputs for `timeout` s (a finisher blocked on a stdout
+        nobody reads): the daemon's own events must never keep it from stopping. No seq is used if it gives up."""
         if not self._lock.acquire(timeout=timeout):
             return False
         try:
-            self.inner.publish(line)
+            self.inner.publish_event(make)
         finally:
             self._lock.release()
         return True
@@ -71,28 +77,27 @@ class Reporter:
         self.state = "starting"
         publisher.set_status(self.output_status)  # outputs with a link of their own (MQTT) report it through us
 
-    def _send(self, event: dict) -> None:
-        """Publish, waiting at most SEND_WAIT_S for the outputs; a reader that left or a full disk is the
-        pipeline's to report (it publishes next)."""
+    def _send(self, make: Callable[[], dict]) -> None:
+        """Build (seq) and publish, waiting at most SEND_WAIT_S for the outputs; a reader that left or a full disk
+        is the pipeline's to report (it publishes next)."""
         with contextlib.suppress(ReaderGone, UserError):
-            line = encode(event)
             if isinstance(self.publisher, Locked):
-                self.publisher.try_publish(line, SEND_WAIT_S)
+                self.publisher.try_publish_event(make, SEND_WAIT_S)
             else:
-                self.publisher.publish(line)
+                self.publisher.publish_event(make)
 
     def status(self, state: str, detail: str = "", **fields) -> None:
         """Thread-safe: the capture thread reports reconnects through here."""
         self.state = state
         if self.publish_status:
-            self._send(self.builder.status(state, printable(detail), **fields))
+            self._send(lambda: self.builder.status(state, printable(detail), **fields))
         systemd.status(f"{state}: {detail}" if detail else state)
 
     def output_status(self, state: str, detail: str = "", **fields) -> None:
         """A status event about one output (`output` names it: an MQTT broker lost, reconnecting, back): the
         daemon's own state, and systemd's STATUS=, stay as they are. Thread-safe."""
         if self.publish_status:
-            self._send(self.builder.status(state, printable(detail), **fields))
+            self._send(lambda: self.builder.status(state, printable(detail), **fields))
 
     def starting(self, config_path: str | None) -> None:
         self.status("starting", "", version=emotiond_version(), pid=os.getpid(), config=config_path)
@@ -105,7 +110,7 @@ class Reporter:
             outputs = getattr(self.publisher, "output_stats", None)
             if callable(outputs):
                 fields.update(outputs())
-            self._send(self.builder.stats(**fields))
+            self._send(lambda: self.builder.stats(**fields))
             if self.state == "online":
                 systemd.status(status_line(fields))
 

@@ -130,7 +130,8 @@ def test_a_stalled_subscriber_loses_its_oldest_events_and_is_told(tmp_path, buil
         "subscribers": 1,
         "dropped_total": dropped,
     }
-    assert sorted(took)[len(took) // 2] < 0.001 and max(took) < 0.02, "publish() waited for a subscriber"
+    took.sort()  # a blocked send would stall every publish after the queue filled; a busy CPU stalls a few
+    assert took[len(took) // 2] < 0.001 and took[int(len(took) * 0.98)] < 0.02, "publish() waited for a subscriber"
 
 
 def test_close_is_prompt_with_stalled_subscribers_and_removes_the_socket_file(tmp_path, builder):
