@@ -46,6 +46,22 @@ def _corners(face: Face) -> tuple[int, int, int, int]:
     return round(x), round(y), round(x + w), round(y + h)
 
 
+def _panel_place(corners, frame_size, panel_size, pad, inset, tag_h, placed) -> tuple[int, int]:
+    """Where a face's chart goes: to the right of its box, else to the left, else inside its top-left corner (a
+    face filling a photo); of the places that fit the frame, the first that covers no chart already placed."""
+    (x0, y0, x1, _), (w, h), (pw, ph) = corners, frame_size, panel_size
+    candidates = [(x0 + inset, y0 + inset + (tag_h if y0 < tag_h else 0))]  # below the tag if that is inside
+    if x0 - pad - pw >= 0:
+        candidates.insert(0, (x0 - pad - pw, y0))
+    if x1 + pad + pw <= w:
+        candidates.insert(0, (x1 + pad, y0))
+    clamped = [(min(max(x, 0), max(w - pw, 0)), min(max(y, 0), max(h - ph, 0))) for x, y in candidates]
+    for x, y in clamped:
+        if all(abs(x - qx) >= pw or abs(y - qy) >= ph for qx, qy in placed):
+            return x, y
+    return clamped[0]
+
+
 def draw_faces(image: np.ndarray, faces: list[Face], caption: str | None = None) -> np.ndarray:
     """Draws onto image (BGR uint8, in place) and returns it."""
     h, w = image.shape[:2]
@@ -65,18 +81,11 @@ def draw_faces(image: np.ndarray, faces: list[Face], caption: str | None = None)
 
     # Two passes: charts first, then boxes and tags on top, so a neighbour's chart never hides a face's tag.
     tops = [int(np.argmax(face.probs)) for face in faces]
+    placed: list[tuple[int, int]] = []
     for face, top in zip(faces, tops, strict=True):
         probs = np.asarray(face.probs, dtype=np.float64)
-        x0, y0, x1, _ = _corners(face)
-        # To the right of the box, else to the left, else inside its top-left corner (a face filling a photo).
-        if x1 + pad + panel_w <= w:
-            px, py = x1 + pad, y0
-        elif x0 - pad - panel_w >= 0:
-            px, py = x0 - pad - panel_w, y0
-        else:
-            px, py = x0 + inset, y0 + inset + (tag_h if y0 < tag_h else 0)  # below the tag if that is inside
-        px = min(max(px, 0), max(w - panel_w, 0))
-        py = min(max(py, 0), max(h - panel_h, 0))
+        px, py = _panel_place(_corners(face), (w, h), (panel_w, panel_h), pad, inset, tag_h, placed)
+        placed.append((px, py))
         _darken(image, px, py, px + panel_w, py + panel_h)
         for i, label in enumerate(LABELS):
             base_y = py + pad + i * row + (row + label_h) // 2

@@ -111,3 +111,14 @@ def test_bad_annotate_paths_are_user_errors(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(UserError, match="not a directory"):
         Annotator(tmp_path / "file.txt", stills=True)
+
+
+def test_two_faces_side_by_side_get_charts_that_do_not_cover_each_other():
+    """As in the sample clip's last frames: the right face's chart does not fit to its right, and to its left it
+    would cover its neighbour's chart, so it goes inside its box."""
+    canvas = np.full((480, 640, 3), 255, np.uint8)
+    draw_faces(canvas, [face((60, 170, 195, 190), PROBS_HAPPY, 1), face((368, 172, 237, 236), PROBS_SAD, 2)])
+    darkened_once = np.all(np.abs(canvas.astype(int) - round(255 * 0.3)) <= 1, axis=2)
+    darkened_twice = np.all(np.abs(canvas.astype(int) - round(255 * 0.3 * 0.3)) <= 1, axis=2)
+    assert darkened_once.sum() > 2 * 5000  # two charts' backgrounds (about 100 x 100 px each)
+    assert darkened_twice.sum() == 0, "one chart drawn over the other"
