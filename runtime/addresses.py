@@ -6,6 +6,8 @@ life cycle) and connecting. Every mistake a user can make is a UserError of one 
                                           loopback address is allowed but warned about (events are not encrypted)
 
 queue: events each subscriber's queue holds before its oldest are dropped (runtime.sockets).
+
+The `--http` page's address (output.http, runtime.http_preview) is the same `[HOST:]PORT` without the scheme.
 """
 
 from __future__ import annotations
@@ -72,14 +74,26 @@ def parse_address(spec: str, role: str = "output") -> Address:
         if "mode" in options:
             fields["mode"] = _number(where, "mode", options["mode"], 8, 0, 0o777)
         return Address(**fields)
+    host, port = _host_port(where, target, "tcp:")
+    return Address(**fields, host=host, port=port)
+
+
+def parse_http_address(spec: str, role: str = "output.http") -> Address:
+    """The page's "[HOST:]PORT" (HOST defaults to 127.0.0.1) -> a TCP Address; UserError if malformed."""
+    host, port = _host_port(f"{role} {printable(spec)!r}", spec.strip(), "")
+    return Address(spec=spec, kind="tcp", host=host, port=port)
+
+
+def _host_port(where: str, target: str, scheme: str) -> tuple[str, int]:
     host, colon, port = target.rpartition(":")
     if not colon:
         host = "127.0.0.1"
     elif host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host or not host:
-        raise UserError(f"{where}: malformed address (expected tcp:PORT, tcp:HOST:PORT or tcp:[IPv6]:PORT)")
-    return Address(**fields, host=host, port=_number(where, "port", port, 10, 1, 65535))
+        expected = f"{scheme}PORT, {scheme}HOST:PORT or {scheme}[IPv6]:PORT"
+        raise UserError(f"{where}: malformed address (expected {expected})")
+    return host, _number(where, "port", port, 10, 1, 65535)
 
 
 def _number(where: str, name: str, text: str, base: int, low: int, high: int) -> int:
@@ -114,7 +128,7 @@ class Listener:
 
 
 def listen(address: Address) -> Listener:
-    return _listen_unix(address) if address.kind == "unix" else _listen_tcp(address)
+    return _listen_unix(address) if address.kind == "unix" else listen_tcp(address)
 
 
 def _listen_unix(a: Address) -> Listener:
@@ -175,8 +189,10 @@ def _resolve(a: Address, where: str, passive: bool) -> tuple:
     return family, sockaddr
 
 
-def _listen_tcp(a: Address) -> Listener:
-    where = f"output {printable(a.spec)!r}"
+def listen_tcp(a: Address, where: str = "", exposed: str = "events reach other hosts unencrypted") -> Listener:
+    """A listening, non-blocking TCP socket; UserError if the port is busy or the host unknown. Not on loopback: a warning
+    ending in `exposed` (what other hosts can now reach). `where` names the address in messages."""
+    where = where or f"output {printable(a.spec)!r}"
     family, sockaddr = _resolve(a, where, passive=True)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -191,7 +207,7 @@ def _listen_tcp(a: Address) -> Listener:
         raise UserError(f"{where}: cannot listen on {printable(a.host)}:{a.port}: {e.strerror}") from None
     if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback:
         say(
-            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: events reach other hosts unencrypted",
+            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: {exposed}",
             "warning",
         )
     return Listener(sock)

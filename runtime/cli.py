@@ -109,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
         "images [output.annotate]",
     )
     run.add_argument(
+        "--show",
+        action="store_true",
+        default=None,
+        help="show the annotated frames live in a window; q or Esc quits, Space saves a snapshot [output.show]",
+    )
+    run.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="serve a live page (annotated stream, expression bars, status) at http://HOST:PORT/ (HOST: "
+        "127.0.0.1) [output.http]",
+    )
+    run.add_argument(
         "--emit", choices=["all", "faces"], help="events for all frames or only frames with faces [events.emit]"
     )
     run.add_argument(
@@ -154,6 +166,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "source.live": args.live,
         "output.publishers": args.output,
         "output.annotate": args.annotate,
+        "output.show": args.show,
+        "output.http": args.http,
         "classifier.backend": args.backend,
         "classifier.precision": args.precision,
         "classifier.model": args.model,

@@ -307,6 +307,20 @@ class OutputConfig(_Section):
         "a directory for images; null: off.",
     )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Settings of mqtt:// and mqtts:// publishers.")
+    show: bool = Field(
+        False,
+        description="Show the annotated frames live in a window (needs a display); q or Esc stops the daemon, "
+        "Space saves a snapshot PNG.",
+    )
+    http: Text | None = Field(
+        None,
+        description="Serve a live page at [HOST:]PORT (HOST: 127.0.0.1): the annotated stream, expression bars, "
+        "status and stats; also GET /events (Server-Sent Events), /stream.mjpg and /healthz; null: off.",
+    )
+    http_auth_file: Text | None = Field(
+        None,
+        description="A file holding USER:PASSWORD: the http page asks for them (HTTP basic auth); null: no password.",
+    )
 
 
 class Config(_Section):

@@ -15,8 +15,15 @@ import re
 import sys
 import threading
 
-# "INFO: [environment.cc:36] ...", "WARNING: Logging before InitGoogle() ...", glog's "I0000 00:00:..." / "W0000 ..."
-_NOISE = re.compile(rb"^(INFO: |WARNING: Logging before InitGoogle|[IW]\d{4} \d\d:\d\d:\d\d)")
+# "INFO: [environment.cc:36] ...", "WARNING: Logging before InitGoogle() ...", glog's "I0000 00:00:..." / "W0000 ...";
+# and the --show window's Qt: its note on GNOME's Wayland sessions (it uses X11 there, as we want), and what it says
+# when its timers end with the thread that owns the window rather than with the main thread. Qt's errors (it cannot
+# reach the display, the connection broke) pass.
+_NOISE = re.compile(
+    rb"^(INFO: |WARNING: Logging before InitGoogle|[IW]\d{4} \d\d:\d\d:\d\d"
+    rb"|Warning: Ignoring XDG_SESSION_TYPE=wayland on Gnome"
+    rb"|QObject::(killTimer|~QObject): Timers cannot be stopped from another thread)"
+)
 _installed = False
 
 

@@ -1,6 +1,6 @@
 """The daemon's outputs: the publishers of `output.publishers`, kept by spec so that a reload adds and removes
 publishers without touching the others (a socket keeps its subscribers; an MQTT publisher its connection, unless
-output.mqtt changed)."""
+output.mqtt changed). Fixed publishers (the `--http` page's event stream) stay as they are across reloads."""
 
 from __future__ import annotations
 
@@ -14,8 +14,12 @@ from runtime.publishers import Fanout, Publisher, is_mqtt, make_publisher
 class Outputs(Fanout):
     """A Fanout over one publisher per spec; reconfigure(specs) builds the new, closes the removed, keeps the rest."""
 
-    def __init__(self, specs: list[str], mqtt: MqttConfig | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, specs: list[str], mqtt: MqttConfig | None = None, stop: threading.Event | None = None,
+        fixed: dict[str, Publisher] | None = None,
+    ) -> None:  # fmt: skip
         self.by_spec: dict[str, Publisher] = {}
+        self.fixed = dict(fixed or {})  # by a name for stats; not in output.publishers, never reconfigured
         self.stop = stop  # a broker's first answer is not waited for once the daemon is stopping
         self.mqtt = mqtt or MqttConfig()
         self._hello: Callable[[], dict] | None = None
@@ -47,15 +51,16 @@ class Outputs(Fanout):
             self.by_spec.pop(spec).close()
         self.by_spec.update(added)
         self.by_spec = {spec: self.by_spec[spec] for spec in specs}
-        self.publishers = list(self.by_spec.values())
+        self.publishers = list(self.by_spec.values()) + list(self.fixed.values())
         return [f"+{s}" for s in added] + [f"-{s}" for s in removed]
 
     def publish(self, line: bytes) -> None:
         try:
             super().publish(line)
         finally:  # Fanout drops publishers whose reader left: keep the map in step
-            if len(self.publishers) != len(self.by_spec):
+            if len(self.publishers) != len(self.by_spec) + len(self.fixed):
                 self.by_spec = {s: p for s, p in self.by_spec.items() if p in self.publishers}
+                self.fixed = {s: p for s, p in self.fixed.items() if p in self.publishers}
 
     def set_hello(self, make: Callable[[], dict]) -> None:
         self._hello = make
@@ -68,7 +73,7 @@ class Outputs(Fanout):
     def output_stats(self) -> dict:
         """For stats events: the figures of the socket and MQTT outputs (subscribers or link, drops), by spec."""
         figures = {}
-        for spec, publisher in list(self.by_spec.items()):  # a reload may change the map meanwhile
+        for spec, publisher in [*self.by_spec.items(), *self.fixed.items()]:  # a reload may change the map meanwhile
             describe = getattr(publisher, "stats", None)
             if callable(describe):
                 figures[spec] = describe()

@@ -96,6 +96,7 @@ class Pipeline:
         stats=None,  # runtime.stats.Stats or None: per-frame figures for stats events
         counters: Counters | None = None,  # to go on counting where an earlier run (before a reload) stopped
         hard_stop: threading.Event | None = None,  # a real stop, when `stop` may also be a reload's pause
+        live=None,  # runtime.live.LiveView or None: the latest frame for a window or a browser page
     ) -> None:
         self.source = source
         self.detectors = list(detector) if isinstance(detector, list | tuple) else [detector]
@@ -105,6 +106,7 @@ class Pipeline:
         self.builder = builder
         self.publisher = publisher
         self.annotator = annotator
+        self.live = live
         self.stop = stop or threading.Event()
         self.on_heartbeat = on_heartbeat
         self.stats = stats
@@ -259,6 +261,8 @@ class Pipeline:
         c.skipped = self.source.skipped
         if self.annotator is not None:
             self.annotator.write(frame, faces)
+        if self.live is not None:
+            self.live.offer(frame, faces)
         latency["total"] = max(0.0, (time.monotonic_ns() - frame.capture_ns) / 1e6)
         t5 = time.perf_counter_ns()
         event = self.publisher.publish_event(lambda: self.builder.frame(frame, faces, w, h, latency))

@@ -91,7 +91,8 @@ def run(
     wake = threading.Event()
     started = time.monotonic()
     with signals(stop, reload, wake), contextlib.ExitStack() as stack:
-        outputs = stack.enter_context(Outputs(config.output.publishers, config.output.mqtt, stop))
+        live, fixed = _viewers(config, stop, wake, stack)
+        outputs = stack.enter_context(Outputs(config.output.publishers, config.output.mqtt, stop, fixed=fixed))
         publisher = Locked(outputs)
         builder = EventBuilder(
             session=new_session_id(), source=config.source.uri, model_id="", emit_empty=config.events.emit == "all"
@@ -114,7 +115,7 @@ def run(
                 source=stages.source, detector=stages.detectors, cropper=stages.cropper,
                 classifier=stages.classifier, tracker=stages.tracker, builder=builder, publisher=publisher,
                 annotator=stages.annotator, stop=wake, on_heartbeat=systemd.watchdog_ping, stats=reporter.stats,
-                counters=counters, hard_stop=stop,
+                counters=counters, hard_stop=stop, live=live,
             )  # fmt: skip
             if not stages.started:
                 stages.source.start()
@@ -146,6 +147,33 @@ def run(
     if stages.source.stills and reason == "eos" and counters.frames == 0:
         raise UserError(f"no decodable image in {printable(config.source.uri)} ({counters.skipped} skipped)")
     return _finish(result, log)
+
+
+def _viewers(config: Config, stop: threading.Event, wake: threading.Event, stack: contextlib.ExitStack):
+    """The window (--show) and the http page (--http), if asked for, over one LiveView; the page's event stream is
+    a fixed output. Built before the stages, so that no display or a busy port is one line before MediaPipe starts.
+    Returns (live view or None, fixed outputs by name)."""
+    if not (config.output.show or config.output.http):
+        return None, {}
+    from runtime.live import LiveView
+
+    live = LiveView()
+    stack.callback(live.close)  # last to unwind: after the window and the page closed their threads
+    fixed = {}
+    if config.output.http:
+        from runtime.http_preview import HttpPreview
+
+        http = stack.enter_context(HttpPreview(config.output.http, live, config.output.http_auth_file, stop))
+        fixed[http.name] = http
+    if config.output.show:
+        from runtime.window import Window
+
+        def quit_asked() -> None:  # q or Esc in the window: as SIGINT
+            stop.set()
+            wake.set()
+
+        stack.enter_context(Window(live, quit_asked, title=f"emotiond: {config.source.uri}"))
+    return live, fixed
 
 
 def _online(reporter: Reporter, stages, config: Config) -> None:
@@ -184,6 +212,9 @@ def _reload(config: Config, path: str | None, read_config, stages, outputs, buil
         if stage not in new_stages.owned:
             with contextlib.suppress(Exception):
                 stage.close()
+    viewers = ("show", "http", "http_auth_file")
+    if any(getattr(config.output, key) != getattr(new.output, key) for key in viewers):
+        say("emotiond: output.show, output.http and output.http_auth_file change at the next start", "warning")
     builder.emit_empty = new.events.emit == "all"
     builder.model_id = new_stages.classifier.model_id
     builder.source = new.source.uri

@@ -1,0 +1,354 @@
+"""`emotiond run --show` on a real X server (Xvfb, one per module), as a user runs it: the window shows the frames
+with their boxes drawn (a screenshot is kept: test-artifacts/window.png); q, Esc and the window manager's close
+button stop the daemon cleanly; Space saves a snapshot PNG; SIGTERM still ends it at once; without a usable
+display it is one line and exit 2, never Qt's abort."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime.annotate import COLORS
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACT = REPO / "test-artifacts" / "window.png"
+XVFB = shutil.which("Xvfb")
+pytestmark = pytest.mark.skipif(XVFB is None, reason="Xvfb is not installed (Debian package xvfb; .ci/run installs it)")
+
+# A face's box: this many pixels of one expression colour in one column and in one row (a bar is ~11 px tall).
+BOX_RUN = 100
+START_TIMEOUT_S = 60  # the daemon loads MediaPipe and the model on a machine that may be busy
+QUIT_TIMEOUT_S = 3.0
+
+
+@dataclass
+class Display:
+    name: str  # ":N"
+    framebuffer: Path  # the screen as an XWD file, kept current by Xvfb (-fbdir)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+        return {**env, "DISPLAY": self.name}
+
+    def screenshot(self) -> np.ndarray:
+        """The whole screen, BGR: parsed from the XWD header (25 big-endian 32-bit fields), a colour map, pixels."""
+        data = self.framebuffer.read_bytes()
+        h = struct.unpack(">25I", data[:100])
+        header_size, version, width, height, byte_order, bpp, stride, ncolors = (
+            h[0], h[1], h[4], h[5], h[7], h[11], h[12], h[19]
+        )  # fmt: skip
+        assert version == 7 and bpp == 32 and h[14:17] == (0xFF0000, 0xFF00, 0xFF), h
+        pixels = np.frombuffer(data, np.uint8, count=height * stride, offset=header_size + 12 * ncolors)
+        pixels = pixels.reshape(height, stride // 4, 4)[:, :width]
+        return np.ascontiguousarray(pixels[..., :3] if byte_order == 0 else pixels[..., 3:0:-1])  # BGRX or XRGB
+
+
+def _free_display_number() -> int:
+    for n in range(90, 400):
+        if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
+            return n
+    raise RuntimeError("no free X display number")
+
+
+@pytest.fixture(scope="module")
+def display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Display]:
+    """A private Xvfb (1280x720, no window manager); another test run may take a number between our look and
+    Xvfb's start, so a few numbers are tried."""
+    for _ in range(5):
+        n = _free_display_number()
+        fbdir = tmp_path_factory.mktemp("xvfb")
+        cmd = [XVFB, f":{n}", "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-fbdir", str(fbdir)]
+        xvfb = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while xvfb.poll() is None and time.monotonic() < deadline:
+            if Path(f"/tmp/.X11-unix/X{n}").exists() and (fbdir / "Xvfb_screen0").exists():
+                break
+            time.sleep(0.05)
+        if xvfb.poll() is None and Path(f"/tmp/.X11-unix/X{n}").exists():
+            break
+        xvfb.kill()
+        xvfb.wait()
+    else:
+        pytest.fail("Xvfb did not start")
+    try:
+        yield Display(f":{n}", fbdir / "Xvfb_screen0")
+    finally:
+        xvfb.terminate()
+        try:
+            xvfb.wait(5)
+        except subprocess.TimeoutExpired:
+            xvfb.kill()
+
+
+def box_colours(image: np.ndarray) -> list[str]:
+    """The expressions whose colour (runtime.annotate.COLORS) forms a box in the image: long runs in a column and
+    in a row. The bars never do, and the photos (gray, compressed) hold no such run of one exact colour."""
+    found = []
+    for label, colour in COLORS.items():
+        mask = np.all(image == np.array(colour, np.uint8), axis=2)
+        if mask.sum(axis=0).max() >= BOX_RUN and mask.sum(axis=1).max() >= BOX_RUN:
+            found.append(label)
+    return found
+
+
+def xdotool(display: Display, *args: str) -> str:
+    if shutil.which("xdotool") is None:
+        pytest.fail("xdotool is not installed (Debian package xdotool; .ci/run installs it)")
+    run = subprocess.run(["xdotool", *args], env=display.env, capture_output=True, text=True, timeout=30, check=False)
+    return run.stdout.strip() if run.returncode == 0 else ""
+
+
+class Daemon:
+    """`emotiond run --show` on the test display, in `cwd`; its stdout and stderr are read as they come (a full
+    pipe would stall it)."""
+
+    def __init__(self, emotiond: Path, model_dir: Path, clip: Path, display: Display, cwd: Path) -> None:
+        cmd = [str(emotiond), "run", "--show", "--source", str(clip), "--model", str(model_dir), "--realtime"]
+        self.display, self.cwd = display, cwd
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=display.env
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=lines.extend, args=(stream,), daemon=True)
+            for stream, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    def window(self) -> str:
+        """The window's id, once it is on screen."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = xdotool(self.display, "search", "--name", "^emotiond: ")
+            if found:
+                return found.split()[0]
+            assert self.proc.poll() is None, f"the daemon ended ({self.proc.returncode}): {''.join(self.err)}"
+            time.sleep(0.1)
+        pytest.fail(f"no window within {START_TIMEOUT_S} s")
+
+    def boxes_on_screen(self) -> np.ndarray:
+        """A screenshot once it shows a face's box (the window shows a waiting image first), kept as screen.png
+        in cwd."""
+        self.window()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            shot = self.display.screenshot()
+            if box_colours(shot) or time.monotonic() > deadline or self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        cv2.imwrite(str(self.cwd / "screen.png"), shot)
+        found = box_colours(shot)
+        assert found, f"no box on screen (daemon: {self.proc.poll()}, {''.join(self.err)!r}): see {self.cwd}/screen.png"
+        return shot
+
+    def key(self, name: str) -> None:
+        """Press a key in the window (focused first: there is no window manager to do it)."""
+        xdotool(self.display, "windowfocus", "--sync", self.window(), "key", name)
+
+    def finish(self, timeout: float) -> int:
+        """The exit code; fails if the daemon still runs `timeout` seconds from now."""
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the daemon still runs {timeout} s later")
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def assert_stopped_cleanly(self, event_validator) -> None:
+        """Exit 0 (checked by the caller), whole valid events ending with `stopping`, and on stderr only
+        emotiond's own lines: no traceback, no Qt."""
+        events = [json.loads(line) for line in self.out]
+        for event in events:
+            assert not list(event_validator.iter_errors(event)), event
+        assert any(e["type"] == "frame" for e in events)
+        assert events[-1]["type"] == "status" and events[-1]["state"] == "stopping"
+        assert self.err and all(line.startswith("emotiond: ") for line in self.err), "".join(self.err)
+        assert self.err[-1].startswith("emotiond: stopped: "), self.err[-1]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def faces_clip(test_video, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test clip's frames with faces, five times over (13 s in --realtime): whenever a key is pressed or the
+    screen is looked at, a frame with boxes is on show."""
+    cap = cv2.VideoCapture(str(test_video.path))
+    frames = []
+    while (grabbed := cap.read())[0]:
+        frames.append(grabbed[1])
+    cap.release()
+    path = tmp_path_factory.mktemp("faces") / "faces.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
+    for i in test_video.frames_with_faces * 5:
+        writer.write(frames[i])
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def daemon(emotiond, model_dir, detector_model, faces_clip, display, tmp_path) -> Iterator[Callable[[], Daemon]]:
+    """daemon() -> the daemon showing faces_clip on the test display, with tmp_path as its cwd."""
+    started: list[Daemon] = []
+
+    def start() -> Daemon:
+        started.append(Daemon(emotiond, model_dir, faces_clip, display, tmp_path))
+        return started[-1]
+
+    yield start
+    for d in started:
+        d.close()
+
+
+# -- what the window shows -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_window_shows_the_frames_with_their_boxes(daemon, display, faces_clip, tmp_path):
+    d = daemon()
+    window = d.window()
+    shot = d.boxes_on_screen()
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    cv2.imwrite(str(tmp_path / "window.png"), shot)
+    shutil.copyfile(tmp_path / "window.png", ARTIFACT)
+    geometry = dict(line.split("=") for line in xdotool(display, "getwindowgeometry", "--shell", window).split())
+    x, y, w, h = (int(geometry[k]) for k in ("X", "Y", "WIDTH", "HEIGHT"))
+    assert (w, h) == (640, 480), "the window is the clip's size: it shows frames, not the waiting image"
+    assert box_colours(shot[y : y + h, x : x + w]), "the boxes are inside the window"
+    assert xdotool(display, "getwindowname", window) == f"emotiond: {faces_clip}"
+
+
+# -- keys and the close button -----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["q", "Escape"])
+def test_q_or_escape_stops_the_daemon_cleanly(daemon, event_validator, key):
+    d = daemon()
+    d.boxes_on_screen()  # frames flow
+    d.key(key)
+    assert d.finish(QUIT_TIMEOUT_S) == 0, "".join(d.err)
+    d.assert_stopped_cleanly(event_validator)
+
+
+@pytest.mark.slow
+def test_the_close_button_stops_the_daemon_cleanly(daemon, display, event_validator):
+    d = daemon()
+    d.boxes_on_screen()
+    close_window(display, int(d.window()))
+    assert d.finish(QUIT_TIMEOUT_S) == 0, "".join(d.err)
+    d.assert_stopped_cleanly(event_validator)
+
+
+@pytest.mark.slow
+def test_space_saves_a_snapshot_with_the_boxes(daemon, tmp_path):
+    d = daemon()
+    d.boxes_on_screen()
+    d.key("space")
+    deadline = time.monotonic() + 10
+    while not (snapshots := sorted(tmp_path.glob("emotiond-snapshot-*.png"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    d.key("q")
+    assert d.finish(QUIT_TIMEOUT_S) == 0, "".join(d.err)
+    assert len(snapshots) == 1, "one snapshot, in the daemon's current directory"
+    assert re.fullmatch(r"emotiond-snapshot-\d{8}-\d{6}-\d{3}\.png", snapshots[0].name), snapshots[0].name
+    assert f"emotiond: snapshot saved: {snapshots[0]}\n" in d.err, "".join(d.err)
+    image = cv2.imread(str(snapshots[0]))
+    assert image is not None and image.shape == (480, 640, 3)
+    assert box_colours(image), "the snapshot is the annotated frame"
+
+
+# -- stopping, and no display ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_window_shows_ends_the_daemon_at_once(daemon, event_validator):
+    d = daemon()
+    d.boxes_on_screen()
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.finish(2.0) == 0, "".join(d.err)
+    d.assert_stopped_cleanly(event_validator)
+
+
+def _run_without(emotiond: Path, test_video, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cmd = [str(emotiond), "run", "--show", "--source", str(test_video.path)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO, check=False)
+
+
+def _assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> None:
+    lines = run.stderr.splitlines()
+    assert run.returncode == 2, f"exit {run.returncode} (-6: Qt aborted): {run.stderr}"
+    assert run.stdout == ""
+    assert len(lines) == 1 and lines[0].startswith("error: --show"), run.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_no_display_is_one_line(emotiond, test_video):
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    _assert_one_line_error(_run_without(emotiond, test_video, env), "DISPLAY")
+
+
+def test_a_display_without_a_server_is_one_line_not_an_abort(emotiond, test_video):
+    name = f":{_free_display_number()}"
+    env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
+    _assert_one_line_error(_run_without(emotiond, test_video, {**env, "DISPLAY": name}), repr(name))
+
+
+# -- a window manager's close button, without a window manager --------------------------------------------------
+
+
+class _ClientMessage(ctypes.Structure):
+    _fields_ = [
+        ("type", ctypes.c_int), ("serial", ctypes.c_ulong), ("send_event", ctypes.c_int),
+        ("display", ctypes.c_void_p), ("window", ctypes.c_ulong), ("message_type", ctypes.c_ulong),
+        ("format", ctypes.c_int), ("data", ctypes.c_long * 5),
+    ]  # fmt: skip
+
+
+class _XEvent(ctypes.Union):
+    _fields_ = [("xclient", _ClientMessage), ("pad", ctypes.c_long * 24)]
+
+
+def close_window(display: Display, window: int) -> None:
+    """What a window manager's close button does: a WM_DELETE_WINDOW message to the window (Xlib via ctypes)."""
+    x11 = ctypes.CDLL("libX11.so.6")
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XInternAtom.restype = ctypes.c_ulong
+    x11.XInternAtom.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    x11.XSendEvent.argtypes = [ctypes.c_void_p, ctypes.c_ulong, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    connection = x11.XOpenDisplay(display.name.encode())
+    assert connection, f"cannot open {display.name}"
+    try:
+        event = _XEvent()
+        event.xclient.type = 33  # ClientMessage
+        event.xclient.window = window
+        event.xclient.message_type = x11.XInternAtom(connection, b"WM_PROTOCOLS", 0)
+        event.xclient.format = 32
+        event.xclient.data[0] = x11.XInternAtom(connection, b"WM_DELETE_WINDOW", 0)
+        assert x11.XSendEvent(connection, window, 0, 0, ctypes.byref(event))
+    finally:
+        x11.XCloseDisplay(connection)  # flushes the request
