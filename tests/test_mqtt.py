@@ -20,7 +20,7 @@ from mqtt_broker import MOSQUITTO, MOSQUITTO_SUB, PASSWORD, USER, Broker, Subscr
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (.ci/run installs it; README: Many cameras)"),
+    pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (.ci/run installs it; docs/mqtt.md)"),
 ]
 TIMEOUT = 120
 BASE = "emotiond/door"
