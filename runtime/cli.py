@@ -228,6 +228,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from runtime.publishers import check_publishers
 
     check_publishers(config.output.publishers, config.output.mqtt)  # what `run` would refuse, opening nothing
+    if config.output.http:
+        from runtime.addresses import parse_http_address
+        from runtime.http_preview import read_credentials
+
+        parse_http_address(config.output.http)
+        if config.output.http_auth_file:
+            read_credentials(config.output.http_auth_file)
     if config.classifier.model:
         from runtime.errors import user_path
         from runtime.manifest import load_manifest

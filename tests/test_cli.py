@@ -132,6 +132,8 @@ def test_check_config_names_the_bad_key_in_one_line(emotiond, tmp_path, case):
         ("output:\n  publishers: ['tcp:99999']\n", ["port must be 1..65535"]),
         ("output:\n  publishers: ['tcp:7878', 'tcp:127.0.0.1:7878']\n", ["same address"]),
         ("classifier:\n  model: /\n", ["manifest", "not found"]),
+        ("output:\n  http: '127.0.0.1:http'\n", ["output.http", "127.0.0.1:http"]),
+        ("output:\n  http: '8080'\n  http_auth_file: /nonexistent/pw\n", ["http_auth_file", "cannot read"]),
     ],
 )
 def test_check_config_refuses_what_run_would_refuse(emotiond, tmp_path, text, words):
