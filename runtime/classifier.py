@@ -17,10 +17,10 @@ import numpy as np
 from runtime.backends import Backend, get_backend
 from runtime.errors import UserError
 from runtime.labels import NUM_CLASSES
-from runtime.manifest import Manifest, TensorSpec, load_manifest, verified_files
+from runtime.manifest import DEFAULT_MODEL_DIR, Manifest, TensorSpec, load_manifest, verified_files
 from runtime.preprocess import preprocess
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+__all__ = ["DEFAULT_MODEL_DIR", "Classifier", "load_classifier"]  # DEFAULT_MODEL_DIR: where it always was
 
 
 class Classifier:

@@ -88,7 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--backend", choices=["onnxruntime", "openvino"], help="inference engine [classifier.backend]")
     run.add_argument("--precision", choices=["int8", "fp32"], help="model variant [classifier.precision]")
-    run.add_argument("--model", metavar="DIR", help="model set folder with manifest.json [classifier.model]")
+    run.add_argument(
+        "--model",
+        metavar="DIR|NAME",
+        help="model set: a folder with manifest.json, or a shipped set's name [classifier.model]",
+    )
     run.add_argument("--threads", type=int, metavar="N", help="classifier CPU threads [classifier.threads]")
     run.add_argument(
         "--realtime",
@@ -236,10 +240,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         if config.output.http_auth_file:
             read_credentials(config.output.http_auth_file)
     if config.classifier.model:
-        from runtime.errors import user_path
-        from runtime.manifest import load_manifest
+        from runtime.manifest import load_manifest, model_dir
 
-        load_manifest(user_path(config.classifier.model))
+        load_manifest(model_dir(config.classifier.model))
     print(f"ok: {path if path is not None else 'built-in defaults'}")
     return 0
 

@@ -176,7 +176,10 @@ class CropConfig(_Section):
 
 
 class ClassifierConfig(_Section):
-    model: Text | None = Field(None, description="Model set folder (with manifest.json); null: the shipped default.")
+    model: Text | None = Field(
+        None,
+        description="Model set: a folder with manifest.json, or the name of a set shipped with emotiond; null: the shipped default.",
+    )
     backend: Literal["onnxruntime", "openvino"] = Field("onnxruntime", description="Inference engine.")
     precision: Literal["int8", "fp32"] = Field("int8", description="Model variant: int8 (fast) or fp32.")
     threads: int = Field(

@@ -33,6 +33,8 @@ from runtime.preprocess import DEFAULT_SPEC, BlurredSpecError, PreprocessSpec
 FORMAT = "emotiond-model/1"
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20  # the shipped one is 5 KB
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"  # package data: one folder per model set
+DEFAULT_MODEL_DIR = SHIPPED_MODELS / "default"
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 Backend = Literal["onnxruntime", "openvino"]
 Precision = Literal["fp32", "int8"]
@@ -86,6 +88,28 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def shipped_model_sets() -> list[str]:
+    return sorted(p.name for p in SHIPPED_MODELS.iterdir() if (p / MANIFEST_NAME).is_file())
+
+
+def model_dir(value: str | None) -> Path:
+    """classifier.model -> the model set's folder: a path as given (~ expanded), else the name of a set shipped
+    with emotiond (`--model large`); None: the default set. UserError naming both kinds if neither exists."""
+    from runtime.errors import user_path
+
+    if not value:
+        return DEFAULT_MODEL_DIR
+    path = user_path(value)
+    if path.exists():
+        return path
+    if re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value) and (SHIPPED_MODELS / value / MANIFEST_NAME).is_file():
+        return SHIPPED_MODELS / value
+    names = ", ".join(shipped_model_sets())
+    raise UserError(
+        f"model not found: {printable(value)} (a model set folder with manifest.json, or one of the shipped sets: {names})"
+    )
 
 
 def manifest_path(path: str | Path) -> Path:

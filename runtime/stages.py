@@ -38,14 +38,11 @@ class Stages:
 
 
 def load_classifier(config: Config):
-    from runtime.classifier import DEFAULT_MODEL_DIR
     from runtime.classifier import load_classifier as load  # heavy: onnxruntime / openvino
+    from runtime.manifest import model_dir
 
     c = config.classifier
-    model = user_path(c.model) if c.model else DEFAULT_MODEL_DIR
-    if not model.exists():  # named as given: the loader would report the manifest path it derived from it
-        raise UserError(f"model not found: {model} (expected a model set folder with manifest.json)")
-    return load(model, backend=c.backend, precision=c.precision, threads=c.threads, tta_flip=c.tta_flip)
+    return load(model_dir(c.model), backend=c.backend, precision=c.precision, threads=c.threads, tta_flip=c.tta_flip)
 
 
 def check_annotate_target(target: str, source: Source) -> None:

@@ -20,6 +20,7 @@ import cv2
 import pytest
 
 from runtime.config import Config, load_config
+from runtime.manifest import DEFAULT_MODEL_DIR, load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -353,3 +354,12 @@ def test_fetch_models_refuses_a_cached_model_with_the_wrong_hash(emotiond, detec
     env = {**os.environ, "EMOTIOND_CACHE_DIR": str(tmp_path)}
     run = subprocess.run([str(emotiond), "fetch-models"], capture_output=True, text=True, env=env, check=False)
     assert_one_line_error(run, "SHA-256")
+
+
+def test_a_shipped_model_set_is_picked_by_its_name(emotiond, tmp_path, test_video):
+    run = emotiond_run(emotiond, "run", "--source", str(test_video.path), "--model", "default", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    online = next(e for e in map(json.loads, run.stdout.splitlines()) if e.get("state") == "online")
+    assert online["model"] == load_manifest(DEFAULT_MODEL_DIR)[0].model_id
+    missing = emotiond_run(emotiond, "run", "--source", str(test_video.path), "--model", "huge", cwd=tmp_path)
+    assert_one_line_error(missing, "model not found: huge", "shipped sets: default")
