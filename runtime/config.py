@@ -310,6 +310,7 @@ class OutputConfig(_Section):
         "a directory for images; null: off.",
     )
     mqtt: MqttConfig = Field(default_factory=MqttConfig, description="Settings of mqtt:// and mqtts:// publishers.")
+
     show: bool = Field(
         False,
         description="Show the annotated frames live in a window (needs a display); q or Esc stops the daemon, "
@@ -324,6 +325,14 @@ class OutputConfig(_Section):
         None,
         description="A file holding USER:PASSWORD: the http page asks for them (HTTP basic auth); null: no password.",
     )
+
+    @field_validator("http", mode="before")
+    @classmethod
+    def _port_as_text(cls, value: Any) -> Any:
+        # YAML reads `http: 8080` as an int, and a bare port is how --http is written.
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 63:
+            return str(value)
+        return value
 
 
 class Config(_Section):

@@ -159,13 +159,7 @@ def _viewers(config: Config, stop: threading.Event, wake: threading.Event, stack
 
     live = LiveView()
     stack.callback(live.close)  # last to unwind: after the window and the page closed their threads
-    fixed = {}
-    if config.output.http:
-        from runtime.http_preview import HttpPreview
-
-        http = stack.enter_context(HttpPreview(config.output.http, live, config.output.http_auth_file, stop))
-        fixed[http.name] = http
-    if config.output.show:
+    if config.output.show:  # first: no display is the likelier mistake, and opens nothing others would see
         from runtime.window import Window
 
         def quit_asked() -> None:  # q or Esc in the window: as SIGINT
@@ -173,7 +167,17 @@ def _viewers(config: Config, stop: threading.Event, wake: threading.Event, stack
             wake.set()
 
         stack.enter_context(Window(live, quit_asked, title=f"emotiond: {config.source.uri}"))
+    fixed = {}
+    if config.output.http:
+        from runtime.http_preview import HttpPreview
+
+        http = stack.enter_context(HttpPreview(config.output.http, live, config.output.http_auth_file, stop))
+        fixed[http.name] = http
     return live, fixed
+
+
+def _viewer_settings(config: Config) -> tuple:
+    return config.output.show, config.output.http, config.output.http_auth_file
 
 
 def _online(reporter: Reporter, stages, config: Config) -> None:
@@ -212,9 +216,10 @@ def _reload(config: Config, path: str | None, read_config, stages, outputs, buil
         if stage not in new_stages.owned:
             with contextlib.suppress(Exception):
                 stage.close()
-    viewers = ("show", "http", "http_auth_file")
-    if any(getattr(config.output, key) != getattr(new.output, key) for key in viewers):
+    if _viewer_settings(new) != _viewer_settings(config):
         say("emotiond: output.show, output.http and output.http_auth_file change at the next start", "warning")
+        running = dict(zip(("show", "http", "http_auth_file"), _viewer_settings(config), strict=True))
+        new = new.model_copy(update={"output": new.output.model_copy(update=running)})  # what runs, for the next
     builder.emit_empty = new.events.emit == "all"
     builder.model_id = new_stages.classifier.model_id
     builder.source = new.source.uri

@@ -58,14 +58,19 @@ class Window:
         self._stop = threading.Event()
         self._started = threading.Event()  # the window is on screen, or failed to open (then _failure says why)
         self._failure: str | None = None
+        self._gone_on = False  # __enter__ stopped waiting for the window: a later failure is told as a warning
+        self._start_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="window", daemon=True)
 
     def __enter__(self) -> Window:
         self._thread.start()
         self._started.wait(_START_TIMEOUT_S)
-        if self._failure is not None:
+        with self._start_lock:  # a failure comes before this (an error here) or after (a warning there), once
+            self._gone_on = True
+            failure = self._failure
+        if failure is not None:
             self.close()
-            raise UserError(f"--show: cannot open a window: {self._failure}")
+            raise UserError(f"--show: cannot open a window: {failure}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -84,8 +89,12 @@ class Window:
             cv2.imshow(self._title, _waiting_image())
             self._make_sure_it_paints()
         except cv2.error as e:
-            self._failure = " ".join(str(e).split())
+            with self._start_lock:
+                self._failure = " ".join(str(e).split())
+                late = self._gone_on
             self._started.set()
+            if late:  # Qt took longer than _START_TIMEOUT_S, then failed: nobody waits for _failure any more
+                say(f"emotiond: the window could not open, the daemon goes on without it: {self._failure}", "warning")
             return
         self._started.set()
         try:

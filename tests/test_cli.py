@@ -363,3 +363,9 @@ def test_a_shipped_model_set_is_picked_by_its_name(emotiond, tmp_path, test_vide
     assert online["model"] == load_manifest(DEFAULT_MODEL_DIR)[0].model_id
     missing = emotiond_run(emotiond, "run", "--source", str(test_video.path), "--model", "huge", cwd=tmp_path)
     assert_one_line_error(missing, "model not found: huge", "shipped sets: default")
+
+
+def test_a_bare_port_in_yaml_is_an_http_address(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("output:\n  http: 8080\n")
+    assert load_config(path).output.http == "8080"

@@ -133,3 +133,24 @@ def test_a_reload_adds_an_output_and_keeps_the_subscribers_of_the_others(emotion
     finally:
         assert daemon.stop() == 0, daemon.stderr
     assert not sock_a.exists() and not sock_b.exists()
+
+
+def test_a_reload_says_the_viewers_change_at_the_next_start_each_time_they_differ(emotiond, stream, tmp_path):
+    """The page and the window are built once: a reload that asks for another page warns (every time, since the
+    running page is still the old one), and one that asks again for the running page does not."""
+    config = tmp_path / "c.yaml"
+    write(config, stream.url, emit="all")
+    daemon = Daemon(emotiond, config)
+    warning = "output.show, output.http and output.http_auth_file change at the next start"
+    try:
+        daemon.wait_for(lambda e: e["type"] == "frame")
+        for http, warned in (("'8123'", 1), ("'8123'", 2), ("null", 2)):
+            config.write_text(f"source:\n  uri: {stream.url}\noutput:\n  http: {http}\n")
+            reloads = sum("reloaded" in line for line in daemon.stderr)
+            daemon.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 30
+            while sum("reloaded" in line for line in daemon.stderr) == reloads and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sum(warning in line for line in daemon.stderr) == warned, daemon.stderr
+    finally:
+        assert daemon.stop() == 0, daemon.stderr

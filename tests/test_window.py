@@ -291,8 +291,8 @@ def test_sigterm_while_the_window_shows_ends_the_daemon_at_once(daemon, event_va
     d.assert_stopped_cleanly(event_validator)
 
 
-def _run_without(emotiond: Path, test_video, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cmd = [str(emotiond), "run", "--show", "--source", str(test_video.path)]
+def _run_without(emotiond: Path, test_video, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
+    cmd = [str(emotiond), "run", "--show", "--source", str(test_video.path), *more]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO, check=False)
 
 
@@ -305,9 +305,10 @@ def _assert_one_line_error(run: subprocess.CompletedProcess, *words: str) -> Non
         assert word in lines[0], lines[0]
 
 
-def test_no_display_is_one_line(emotiond, test_video):
+@pytest.mark.parametrize("more", [[], ["--http", "0"]], ids=["alone", "with the page"])
+def test_no_display_is_one_line(emotiond, test_video, more):
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    _assert_one_line_error(_run_without(emotiond, test_video, env), "DISPLAY")
+    _assert_one_line_error(_run_without(emotiond, test_video, env, *more), "DISPLAY")
 
 
 def test_a_display_without_a_server_is_one_line_not_an_abort(emotiond, test_video):
