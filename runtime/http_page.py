@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hmac
+import ipaddress
 import json
 import socket
 import sys
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from runtime.errors import UserError, printable, say
-from runtime.http_preview import CLIENT_TIMEOUT_S, HEALTHY_S, JPEG_QUALITY, MAX_CONNECTIONS, MAX_WIDTH
+from runtime.http_guard import Connections, HeadReader, host_allowed
+from runtime.http_preview import CLIENT_TIMEOUT_S, HEALTHY_S, JPEG_QUALITY, MAX_WIDTH
 
 if TYPE_CHECKING:
     from runtime.http_preview import HttpPreview
@@ -54,15 +54,31 @@ def load_page() -> dict[str, tuple[bytes, str]]:
 class Handler(BaseHTTPRequestHandler):
     server: Server
     server_version = "emotiond"
-    timeout = CLIENT_TIMEOUT_S  # on the socket, reads and writes: a client that takes nothing is dropped
+    timeout = CLIENT_TIMEOUT_S  # on the socket, for the answer's writes: a client that takes nothing is dropped
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = HeadReader(self.connection)  # the request head within runtime.http_guard's limits
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.server.connections.head_done(self.request)  # no longer the first to make room for a new client
+        return parsed
+
+    def do_HEAD(self) -> None:
+        self.do_GET()  # _reply and _stream send no body
 
     def do_GET(self) -> None:
         preview = self.server.preview
         path = urlsplit(self.path).path
         if path == "/healthz":
-            # Open without the password: probes (systemd, container health checks, load balancers) carry none,
-            # and the answer tells only whether frames flow.
+            # Open without the password, and to any Host: probes (systemd, container health checks, load
+            # balancers) carry no password, may name the machine as they like, and learn only whether frames flow.
             self._health(preview)
+        elif not host_allowed(self.headers.get("Host"), self.server.loopback):
+            port = self.server.server_address[1]
+            self._reply(421, f"wrong Host: open this page as http://localhost:{port}/ or by IP address\n".encode())
         elif preview.credentials is not None and not self._authorized(preview.credentials):
             self._reply(401, b"password needed\n", {"WWW-Authenticate": 'Basic realm="emotiond", charset="UTF-8"'})
         elif path == "/events":
@@ -103,7 +119,8 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(200 if ok else 503, body.encode(), content_type="application/json")
 
     def _stream(self, preview: HttpPreview, content_type: str, serve) -> None:
-        if not preview.admit():
+        streaming = self.command != "HEAD"  # HEAD: the same headers, no stream
+        if streaming and not preview.admit():
             self._reply(503, b"too many clients\n", {"Retry-After": "5"})
             return
         try:
@@ -112,11 +129,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("X-Accel-Buffering", "no")  # a proxy (nginx) passes each event on at once
             self.end_headers()
-            serve()
+            if streaming:
+                serve()
         except OSError:
             pass  # the client left, took nothing for CLIENT_TIMEOUT_S, or close() cut it off
         finally:
-            preview.leave()
+            if streaming:
+                preview.leave()
 
     def _reply(
         self, code: int, body: bytes, headers: dict[str, str] | None = None, content_type: str = "text/plain"
@@ -129,7 +148,8 @@ class Handler(BaseHTTPRequestHandler):
             }.items():  # fmt: skip
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
         except OSError:
             pass
 
@@ -142,7 +162,8 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     """A ThreadingHTTPServer on a socket bound by runtime.addresses (its errors, its warning), which caps and
-    knows its connections: close() waits for them and cuts off those stalled in a write."""
+    knows its connections (runtime.http_guard.Connections): close() waits for them and cuts off those stalled
+    in a write."""
 
     daemon_threads = True
 
@@ -152,35 +173,24 @@ class Server(ThreadingHTTPServer):
         self.socket.close()  # the one socketserver made: ours is bound already
         self.socket = sock
         self.preview = preview
-        self._connections: set[socket.socket] = set()
-        self._idle = threading.Condition()
+        self.loopback = ipaddress.ip_address(self.server_address[0].split("%")[0]).is_loopback
+        self.connections = Connections()
 
     def process_request(self, request, client_address) -> None:
-        with self._idle:
-            full = len(self._connections) >= MAX_CONNECTIONS
-            if not full:
-                self._connections.add(request)
-        if full:
-            self.shutdown_request(request)
-        else:
+        if self.connections.add(request, client_address[0]):
             super().process_request(request, client_address)
+        else:
+            self.shutdown_request(request)  # full, and nobody to make room: closed unanswered
 
     def shutdown_request(self, request) -> None:
         super().shutdown_request(request)
-        with self._idle:
-            self._connections.discard(request)
-            self._idle.notify_all()
+        self.connections.remove(request)
 
     def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: not self._connections, timeout)
+        return self.connections.wait_idle(timeout)
 
     def hang_up(self) -> None:
-        with self._idle:
-            connections = list(self._connections)
-        for sock in connections:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # a write blocked on this socket fails now
+        self.connections.hang_up()  # a write blocked on a connection fails now
 
     def handle_error(self, request, client_address) -> None:
         # Clients leaving (broken pipe, reset, time-out) is normal; anything else is one line, never a traceback.

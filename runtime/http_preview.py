@@ -9,6 +9,9 @@
     GET /healthz       200 {"status": "ok", "frame_age_s": ...} while frames flow (the latest younger than
                        HEALTHY_S), else 503; open without the password (runtime.http_page says why)
 
+HEAD is answered too, without the body. On loopback, a Host naming neither localhost nor an IP address gets 421
+(DNS rebinding; runtime.http_guard, which also caps connections and request heads).
+
 Loopback by default; another address is warned about. Optional HTTP basic auth (output.http_auth_file).
 
 Why the standard library's ThreadingHTTPServer: the daemon is threaded, and a thread per connection with plain
@@ -16,7 +19,7 @@ blocking writes (each with a timeout) is the smallest correct fit: publish() onl
 and wakes their threads, and close() ends a write stuck on a stalled client by shutting its socket down. An
 asyncio server (aiohttp) would need its own loop thread and a hand-off per event; WSGI servers (waitress,
 werkzeug) also hold a thread per streaming response, add a dependency, and cannot interrupt a stuck write.
-The cost, a thread per client, is capped (MAX_STREAMS, MAX_CONNECTIONS).
+The cost, a thread per client, is capped (MAX_STREAMS; connections: runtime.http_guard).
 
 Slow clients lose, never slow the daemon: an /events client has a bounded queue (QUEUE events) whose oldest are
 dropped and counted, as on sockets; /stream.mjpg viewers all get the newest JPEG, encoded once (one encoder
@@ -32,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 
 from runtime.addresses import listen_tcp, parse_http_address
-from runtime.errors import UserError, printable, say, user_path
+from runtime.errors import UserError, printable, user_path
 from runtime.events import dropped_notice, encode
 from runtime.live import LiveView
 from runtime.publishers import Publisher
@@ -45,8 +48,7 @@ BATCH_S = 0.04  # an /events client is written at most this often: at 300 events
 HEARTBEAT_S = 15.0  # a comment (SSE) or the last frame again (MJPEG) when idle: proxies keep the stream open
 HEALTHY_S = 5.0  # /healthz: frames flow while the latest is younger than this
 MAX_STREAMS = 64  # /events and /stream.mjpg clients at once; more get 503
-MAX_CONNECTIONS = 128  # connections at once (a thread each); more are closed unanswered
-CLIENT_TIMEOUT_S = 15.0  # a client that takes nothing (or sends no request) for this long is dropped
+CLIENT_TIMEOUT_S = 15.0  # a client that takes nothing for this long is dropped (its request: runtime.http_guard)
 CLOSE_GRACE_S = 0.25  # at close, clients that keep up get this long to take the last events (eos, stopping)
 
 
@@ -65,7 +67,7 @@ def read_credentials(path: str) -> bytes:
     """output.http_auth_file: one line USER:PASSWORD -> b"USER:PASSWORD"; UserError if unreadable or malformed."""
     where = f"output.http_auth_file {printable(path)!r}"
     try:
-        text = user_path(path).read_text(encoding="utf-8")
+        text = user_path(path).read_text(encoding="utf-8-sig")  # as Notepad saves it, with a byte order mark
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{where}: cannot read it: {printable(getattr(e, 'strerror', None) or e)}") from None
     line = text.splitlines()[0] if text.strip() else ""
@@ -129,7 +131,6 @@ class HttpPreview(Publisher):
         ]
         for thread in self._threads:
             thread.start()
-        say(f"emotiond: live page at {self.name}/")
 
     # --- the pipeline's side: never blocks ---------------------------------------------------------------------
     def publish(self, line: bytes) -> None:
@@ -165,6 +166,8 @@ class HttpPreview(Publisher):
             self._closed = True
             self._lock.notify_all()
         self._closing.set()
+        with self._frames:
+            self._frames.notify_all()  # the encoder, waiting for a viewer, ends now
         self._server.shutdown()  # serve_forever returns within its 0.1 s poll: no new client
         self._server.server_close()
         self._server.wait_idle(CLOSE_GRACE_S)  # /events clients that keep up take their last events
@@ -241,10 +244,10 @@ class HttpPreview(Publisher):
         """One encoder for every viewer: the newest frame as JPEG, at most MAX_FPS, only while someone watches."""
         version = 0
         try:
-            while not (self._closing.is_set() or self._stop.is_set()):
+            while not self._ending():
                 with self._frames:
-                    if not self._frames.wait_for(lambda: self._viewers or self._closing.is_set(), 0.5):
-                        continue
+                    if not self._frames.wait_for(lambda: self._viewers or self._ending(), 0.5) or self._ending():
+                        continue  # nobody watches, or the stream ends (close() wakes this wait)
                 due = time.monotonic() + 1 / MAX_FPS
                 newer = self.live.wait(version, 0.2)  # short: the stop flag is looked at between waits
                 if newer > version:
@@ -258,6 +261,9 @@ class HttpPreview(Publisher):
             with self._frames:
                 self._frames_over = True
                 self._frames.notify_all()
+
+    def _ending(self) -> bool:
+        return self._closing.is_set() or self._stop.is_set()
 
 
 def _sse(line: bytes) -> bytes:

@@ -68,7 +68,9 @@ class LiveView:
         if frame is None:
             return version, None
         with self._draw_lock:
-            if self._drawn is None or self._drawn[0] != version:
+            # Not older than the cached one: a thread that took its version before another drew a newer frame
+            # gets that newer one, and never puts its older frame back in the cache.
+            if self._drawn is None or self._drawn[0] < version:
                 # the frame may still be referenced elsewhere (annotate, a detector); drawing must not change it
                 caption = f"frame {frame.index}  {self.fps:.1f} frames/s  {len(faces)} faces"
                 self._drawn = (version, draw_faces(frame.image.copy(), faces, caption=caption))
@@ -82,7 +84,7 @@ class LiveView:
         key = (max_width, quality)
         with self._draw_lock:
             cached = self._encoded.get(key)
-            if cached is not None and cached[0] == version:
+            if cached is not None and cached[0] >= version:  # as in image(): never back to an older frame
                 return cached
             h, w = image.shape[:2]
             if w > max_width:

@@ -121,6 +121,8 @@ def run(
                 stages.source.start()
                 stages.started = True
                 _online(reporter, stages, config)
+                for name in fixed:  # said once everything is up: a mistake found before is the only line
+                    say(f"emotiond: live page at {name}/")
             try:
                 reason = pipeline.run()
             except (UserError, FatalError) as e:
