@@ -18,6 +18,7 @@ import contextlib
 import http.client
 import json
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -155,26 +156,36 @@ def stalled(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     return sock
 
 
-def run_once(clip: Path, clients: int) -> dict:
+def run_once(clip: Path, clients: int, kinds: str = "both") -> dict:
+    """One daemon run with `clients` readers (`kinds`: both, mjpeg or sse). The daemon's CPU time comes from the
+    kernel's account of reaped children, the clients' from this process's own (they are its threads)."""
     port = free_port()
+    children, own = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
     cmd = [*emotiond_command(), "run", "--source", str(clip), "--http", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     readers: list[_StreamReader] = []
     try:
         wait_up(port, proc)  # the page is up before the models load: every client is in before the first frame
-        readers = [MjpegReader(port) if i % 2 else SseReader(port, parse=False) for i in range(clients)]
+        mjpeg_at = {"both": lambda i: i % 2 == 1, "mjpeg": lambda i: True, "sse": lambda i: False}[kinds]
+        readers = [MjpegReader(port) if mjpeg_at(i) else SseReader(port, parse=False) for i in range(clients)]
         _, err = proc.communicate(timeout=900)
     finally:
         proc.kill()
         for reader in readers:
             reader.join(timeout=10)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    daemon_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    clients_cpu = time.process_time() - own
     found = re.search(r"\(([\d.]+) frames/s\)", err)
+    frames = re.search(r": (\d+) frames in", err)
     if proc.returncode != 0 or not found:
         raise SystemExit(f"error: emotiond run failed: {err.strip().splitlines()[-1:]}")
     sse = [r for r in readers if isinstance(r, SseReader)]
     mjpeg = [r for r in readers if isinstance(r, MjpegReader)]
     return {
         "fps": float(found.group(1)),
+        "daemon_cpu_ms_per_frame": round(1000 * daemon_cpu / max(1, int(frames.group(1))), 3) if frames else None,
+        "clients_cpu_s": round(clients_cpu, 2),
         "events_per_sse_client": [r.count for r in sse],
         "parts_per_mjpeg_client": [len(r.parts) for r in mjpeg],
     }
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
     ap.add_argument("--repeat", type=int, default=4, help="the sample clip this many times over (default 4)")
     ap.add_argument("--clients", type=int, default=20, help="HTTP clients, half MJPEG, half SSE (default 20)")
+    ap.add_argument("--kinds", choices=["both", "mjpeg", "sse"], default="both", help="which clients (default both)")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if min(args.rounds, args.repeat, args.clients) < 1:
@@ -195,15 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         clip = repeated_clip(Path(tmp) / "clip.mp4", args.repeat)
         for i in range(args.rounds):
             order = [0, args.clients] if i % 2 == 0 else [args.clients, 0]
-            runs = {n: run_once(clip, n) for n in order}
+            runs = {n: run_once(clip, n, args.kinds) for n in order}
             rounds.append({"without": runs[0], "with_clients": runs[args.clients]})
-            print(f"round {i + 1}: {runs[0]['fps']:.1f} frames/s unwatched, {runs[args.clients]['fps']:.1f} with "
-                  f"{args.clients} clients (MJPEG parts each: {runs[args.clients]['parts_per_mjpeg_client']})")  # fmt: skip
+            watched, alone = runs[args.clients], runs[0]
+            print(f"round {i + 1}: {alone['fps']:.1f} frames/s unwatched, {watched['fps']:.1f} with {args.clients} "
+                  f"{args.kinds} clients; daemon CPU {alone['daemon_cpu_ms_per_frame']} vs "
+                  f"{watched['daemon_cpu_ms_per_frame']} ms per frame; the clients' own CPU {watched['clients_cpu_s']} s "
+                  f"(MJPEG parts each: {watched['parts_per_mjpeg_client']})")  # fmt: skip
     ratio = statistics.median(r["with_clients"]["fps"] / r["without"]["fps"] for r in rounds)
+    cpu_ratio = statistics.median(
+        r["with_clients"]["daemon_cpu_ms_per_frame"] / r["without"]["daemon_cpu_ms_per_frame"] for r in rounds
+    )
     print(f"frame rate with {args.clients} clients / without: {ratio:.3f} (median of {len(rounds)} rounds' ratios)")
+    print(f"daemon CPU per frame with / without: {cpu_ratio:.3f}")
     if args.json:
         write_result(args.json, "http", {"command": "python -m benchmarks.http " + " ".join(argv or sys.argv[1:]),
-                                         "clients": args.clients, "rounds": rounds, "ratio": round(ratio, 3)})  # fmt: skip
+                                         "clients": args.clients, "kinds": args.kinds, "rounds": rounds, "ratio": round(ratio, 3),
+                                         "daemon_cpu_ratio": round(cpu_ratio, 3)})  # fmt: skip
     return 0
 
 
