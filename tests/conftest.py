@@ -233,14 +233,20 @@ def mjpeg() -> Iterator[Callable[..., MjpegServer]]:
 def long_clip(test_video: Clip, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test clip five times over (360 frames, 14.4 s at its 25 frames/s): a run that lasts in --realtime, long
     enough to overflow a stalled subscriber's queue."""
-    cap = cv2.VideoCapture(str(test_video.path))
+    return clip_of(
+        test_video.path, list(range(len(test_video.faces))) * 5, tmp_path_factory.mktemp("long") / "long.mp4"
+    )
+
+
+def clip_of(source: Path, indices: list[int], path: Path, fps: float = 25.0) -> Path:
+    """A new clip at `path` made of `source`'s frames in the order of `indices` (repeats allowed)."""
+    cap = cv2.VideoCapture(str(source))
     frames = []
     while (grabbed := cap.read())[0]:
         frames.append(grabbed[1])
     cap.release()
-    path = tmp_path_factory.mktemp("long") / "long.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
-    for frame in frames * 5:
-        writer.write(frame)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, frames[0].shape[1::-1])
+    for i in indices:
+        writer.write(frames[i])
     writer.release()
     return path

@@ -46,3 +46,18 @@ class Reader(threading.Thread):
         """seq has no gap from the first event this subscriber got (a `starting` status may precede it)."""
         seqs = self.seqs()
         return bool(seqs) and seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def assert_gaps_announced(lines: list[dict], validator) -> list[dict]:
+    """The lines a slow subscriber read (`hello` first): every seq gap is announced just before it by a valid
+    `dropped` notice giving its size, and the notices' sizes add up to their running total. Returns the notices."""
+    assert lines[0]["type"] == "hello"
+    notices = [e for e in lines if e["type"] == "dropped"]
+    assert notices and all(not list(validator.iter_errors(n)) for n in notices)
+    for i, event in enumerate(lines[2:], start=2):
+        if event["type"] == "dropped":
+            assert lines[i + 1]["seq"] - lines[i - 1]["seq"] - 1 == event["dropped"]
+        elif lines[i - 1]["type"] != "dropped":
+            assert event["seq"] == lines[i - 1]["seq"] + 1
+    assert sum(n["dropped"] for n in notices) == notices[-1]["dropped_total"]
+    return notices

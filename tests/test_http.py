@@ -20,6 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from socket_clients import assert_gaps_announced
 
 from benchmarks.http import MjpegReader, SseReader, free_port, get, stalled, wait_up
 from runtime import http_preview
@@ -323,16 +324,9 @@ def test_a_stalled_events_client_loses_its_oldest_events_and_is_told(event_valid
     assert [e["seq"] for e in fast.events[1:]] == list(range(1500)), "the fast one lost nothing"
     body = bytes(received).split(b"\r\n\r\n", 1)[1].decode()
     lines = [json.loads(x.removeprefix("data: ")) for x in body.split("\n\n") if x and not x.startswith(":")]
-    assert lines[0]["type"] == "hello"
-    notices = [e for e in lines if e["type"] == "dropped"]
-    assert notices and all(not list(event_validator.iter_errors(n)) for n in notices)
-    for i, event in enumerate(lines[2:], start=2):  # every seq gap is announced just before it, with its size
-        if event["type"] == "dropped":
-            assert lines[i + 1]["seq"] - lines[i - 1]["seq"] - 1 == event["dropped"]
-        elif lines[i - 1]["type"] != "dropped":
-            assert event["seq"] == lines[i - 1]["seq"] + 1
-    dropped = sum(n["dropped"] for n in notices)
-    assert dropped == notices[-1]["dropped_total"] and len(lines) - 1 - len(notices) + dropped == 1500
+    notices = assert_gaps_announced(lines, event_validator)
+    dropped = notices[-1]["dropped_total"]
+    assert len(lines) - 1 - len(notices) + dropped == 1500
     assert figures == {"subscribers": 2, "viewers": 0, "dropped_total": dropped}
     took.sort()  # a blocked write would stall every publish after the queue filled; a busy CPU stalls a few
     assert took[len(took) // 2] < 0.001 and took[int(len(took) * 0.98)] < 0.02, "publish() waited for a client"

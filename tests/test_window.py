@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import clip_of
 
 from runtime.annotate import COLORS
 
@@ -194,17 +195,8 @@ class Daemon:
 def faces_clip(test_video, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test clip's frames with faces, five times over (13 s in --realtime): whenever a key is pressed or the
     screen is looked at, a frame with boxes is on show."""
-    cap = cv2.VideoCapture(str(test_video.path))
-    frames = []
-    while (grabbed := cap.read())[0]:
-        frames.append(grabbed[1])
-    cap.release()
     path = tmp_path_factory.mktemp("faces") / "faces.mp4"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, frames[0].shape[1::-1])
-    for i in test_video.frames_with_faces * 5:
-        writer.write(frames[i])
-    writer.release()
-    return path
+    return clip_of(test_video.path, test_video.frames_with_faces * 5, path)
 
 
 @pytest.fixture
