@@ -156,23 +156,28 @@ def stalled(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     return sock
 
 
-def run_once(clip: Path, clients: int, kinds: str = "both") -> dict:
-    """One daemon run with `clients` readers (`kinds`: both, mjpeg or sse). The daemon's CPU time comes from the
-    kernel's account of reaped children, the clients' from this process's own (they are its threads)."""
+def run_once(clip: Path, clients: int, kinds: str = "both", realtime: bool = False) -> dict:
+    """One daemon run with `clients` readers (`kinds`: both, mjpeg or sse), flat out or at the clip's pace. The
+    daemon's CPU time comes from the kernel's account of reaped children, the clients' from this process's own
+    (they are its threads); capture-to-event latency from its frame events."""
     port = free_port()
     children, own = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time()
-    cmd = [*emotiond_command(), "run", "--source", str(clip), "--http", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    readers: list[_StreamReader] = []
-    try:
-        wait_up(port, proc)  # the page is up before the models load: every client is in before the first frame
-        mjpeg_at = {"both": lambda i: i % 2 == 1, "mjpeg": lambda i: True, "sse": lambda i: False}[kinds]
-        readers = [MjpegReader(port) if mjpeg_at(i) else SseReader(port, parse=False) for i in range(clients)]
-        _, err = proc.communicate(timeout=900)
-    finally:
-        proc.kill()
-        for reader in readers:
-            reader.join(timeout=10)
+    pace = ["--realtime"] if realtime else []
+    cmd = [*emotiond_command(), "run", "--source", str(clip), "--http", str(port), *pace]
+    with tempfile.TemporaryFile() as events:
+        proc = subprocess.Popen(cmd, stdout=events, stderr=subprocess.PIPE, text=True)
+        readers: list[_StreamReader] = []
+        try:
+            wait_up(port, proc)  # the page is up before the models load: every client is in before the first frame
+            mjpeg_at = {"both": lambda i: i % 2 == 1, "mjpeg": lambda i: True, "sse": lambda i: False}[kinds]
+            readers = [MjpegReader(port) if mjpeg_at(i) else SseReader(port, parse=False) for i in range(clients)]
+            _, err = proc.communicate(timeout=900)
+        finally:
+            proc.kill()
+            for reader in readers:
+                reader.join(timeout=10)
+        events.seek(0)
+        totals = sorted(e["latency_ms"]["total"] for e in map(json.loads, events) if e["type"] == "frame")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     daemon_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     clients_cpu = time.process_time() - own
@@ -184,6 +189,8 @@ def run_once(clip: Path, clients: int, kinds: str = "both") -> dict:
     mjpeg = [r for r in readers if isinstance(r, MjpegReader)]
     return {
         "fps": float(found.group(1)),
+        "latency_ms_p50": totals[len(totals) // 2],
+        "latency_ms_p95": totals[int(len(totals) * 0.95)],
         "daemon_cpu_ms_per_frame": round(1000 * daemon_cpu / max(1, int(frames.group(1))), 3) if frames else None,
         "clients_cpu_s": round(clients_cpu, 2),
         "events_per_sse_client": [r.count for r in sse],
@@ -197,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=4, help="the sample clip this many times over (default 4)")
     ap.add_argument("--clients", type=int, default=20, help="HTTP clients, half MJPEG, half SSE (default 20)")
     ap.add_argument("--kinds", choices=["both", "mjpeg", "sse"], default="both", help="which clients (default both)")
+    ap.add_argument("--realtime", action="store_true", help="at the clip's own 25 frames/s, as a camera, not flat out")
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args(argv)
     if min(args.rounds, args.repeat, args.clients) < 1:
@@ -207,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         clip = repeated_clip(Path(tmp) / "clip.mp4", args.repeat)
         for i in range(args.rounds):
             order = [0, args.clients] if i % 2 == 0 else [args.clients, 0]
-            runs = {n: run_once(clip, n, args.kinds) for n in order}
+            runs = {n: run_once(clip, n, args.kinds, args.realtime) for n in order}
             rounds.append({"without": runs[0], "with_clients": runs[args.clients]})
             watched, alone = runs[args.clients], runs[0]
             print(f"round {i + 1}: {alone['fps']:.1f} frames/s unwatched, {watched['fps']:.1f} with {args.clients} "
                   f"{args.kinds} clients; daemon CPU {alone['daemon_cpu_ms_per_frame']} vs "
-                  f"{watched['daemon_cpu_ms_per_frame']} ms per frame; the clients' own CPU {watched['clients_cpu_s']} s "
+                  f"{watched['daemon_cpu_ms_per_frame']} ms per frame; latency p50 {alone['latency_ms_p50']} vs "
+                  f"{watched['latency_ms_p50']} ms; the clients' own CPU {watched['clients_cpu_s']} s "
                   f"(MJPEG parts each: {watched['parts_per_mjpeg_client']})")  # fmt: skip
     ratio = statistics.median(r["with_clients"]["fps"] / r["without"]["fps"] for r in rounds)
     cpu_ratio = statistics.median(
@@ -220,10 +229,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"frame rate with {args.clients} clients / without: {ratio:.3f} (median of {len(rounds)} rounds' ratios)")
     print(f"daemon CPU per frame with / without: {cpu_ratio:.3f}")
+    latency = {
+        k: statistics.median(r["with_clients"][k] - r["without"][k] for r in rounds)
+        for k in ("latency_ms_p50", "latency_ms_p95")
+    }
+    print(
+        f"capture-to-event latency with - without: p50 {latency['latency_ms_p50']:+.2f} ms, p95 {latency['latency_ms_p95']:+.2f} ms"
+    )
     if args.json:
         write_result(args.json, "http", {"command": "python -m benchmarks.http " + " ".join(argv or sys.argv[1:]),
                                          "clients": args.clients, "kinds": args.kinds, "rounds": rounds, "ratio": round(ratio, 3),
-                                         "daemon_cpu_ratio": round(cpu_ratio, 3)})  # fmt: skip
+                                         "daemon_cpu_ratio": round(cpu_ratio, 3), "realtime": args.realtime,
+                                         "latency_ms_added": {k: round(v, 3) for k, v in latency.items()}})  # fmt: skip
     return 0
 
 
