@@ -323,7 +323,8 @@ class OutputConfig(_Section):
     )
     http_auth_file: Text | None = Field(
         None,
-        description="A file holding USER:PASSWORD: the http page asks for them (HTTP basic auth); null: no password.",
+        description="A file holding USER:PASSWORD: the http page asks for them (HTTP basic auth); $VARIABLES "
+        "expanded, e.g. '$CREDENTIALS_DIRECTORY/http' with systemd's LoadCredential=; null: no password.",
     )
 
     @field_validator("http", mode="before")

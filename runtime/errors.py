@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def say(line: str, level: str = "info") -> None:
         stream.flush()
     except (OSError, ValueError):
         pass
+
+
+def secret_path(text: str) -> Path:
+    """A credentials file as configured: `$VARIABLES` expanded (`$CREDENTIALS_DIRECTORY/mqtt` with systemd's
+    LoadCredential=), then `~`."""
+    return user_path(os.path.expandvars(text))
 
 
 def user_path(text: str) -> Path:

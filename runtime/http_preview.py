@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable
 
 from runtime.addresses import listen_tcp, parse_http_address
-from runtime.errors import UserError, printable, user_path
+from runtime.errors import UserError, printable, secret_path
 from runtime.events import dropped_notice, encode
 from runtime.live import LiveView
 from runtime.publishers import Publisher
@@ -67,7 +67,7 @@ def read_credentials(path: str) -> bytes:
     """output.http_auth_file: one line USER:PASSWORD -> b"USER:PASSWORD"; UserError if unreadable or malformed."""
     where = f"output.http_auth_file {printable(path)!r}"
     try:
-        text = user_path(path).read_text(encoding="utf-8-sig")  # as Notepad saves it, with a byte order mark
+        text = secret_path(path).read_text(encoding="utf-8-sig")  # as Notepad saves it, with a byte order mark
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{where}: cannot read it: {printable(getattr(e, 'strerror', None) or e)}") from None
     line = text.splitlines()[0] if text.strip() else ""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from runtime.config import MQTT_TOPIC, MqttConfig, read_text
-from runtime.errors import UserError, printable, user_path
+from runtime.errors import UserError, printable, secret_path
 
 SCHEMES = {"mqtt": 1883, "mqtts": 8883}
 DEFAULT_PREFIX = "emotiond"
@@ -86,7 +86,7 @@ def default_camera() -> str:
 
 
 def _path(text: str) -> str:
-    return str(user_path(os.path.expandvars(text)))
+    return str(secret_path(text))
 
 
 def read_password(settings: MqttConfig) -> str | None:

@@ -170,3 +170,9 @@ def test_a_password_file_may_start_with_a_byte_order_mark(tmp_path):
     path = tmp_path / "http.auth"
     path.write_text("\ufeffviewer:s3cret pass\n", encoding="utf-8")  # as Notepad saves it
     assert read_credentials(str(path)) == b"viewer:s3cret pass"
+
+
+def test_the_password_file_may_name_systemds_credentials_directory(tmp_path, monkeypatch):
+    (tmp_path / "http").write_text("viewer:s3cret\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))  # LoadCredential=http:/etc/emotiond/http-password
+    assert read_credentials("$CREDENTIALS_DIRECTORY/http") == b"viewer:s3cret"
