@@ -5,6 +5,7 @@ after it restarts, Home Assistant discovery, credentials and TLS, and every refu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -269,19 +271,28 @@ def test_bad_input_is_one_line_and_exit_2(emotiond, model_dir, test_video, tmp_p
     assert err.startswith("error: output") and words in err and "hunter2" not in err, err
 
 
-def test_sigterm_ends_the_daemon_within_2_s_while_the_broker_does_not_answer(
-    emotiond, model_dir, detector_model, long_clip, tmp_path
-):
-    silent = socket.socket()  # a listener whose backlog is full: a connect to it hangs until its timeout
+@contextlib.contextmanager
+def silent_broker() -> Iterator[str]:
+    """An mqtt:// spec whose listener has a full backlog: a connect to it hangs until its timeout."""
+    silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(0)
     filler = socket.create_connection(silent.getsockname())
+    try:
+        yield f"mqtt://127.0.0.1:{silent.getsockname()[1]}/emotiond"
+    finally:
+        filler.close()
+        silent.close()
+
+
+def test_sigterm_ends_the_daemon_within_2_s_while_the_broker_does_not_answer(
+    emotiond, model_dir, detector_model, long_clip, tmp_path
+):
     # attempts of 6 s each: the daemon starts after the first (a broker that does not answer is not fatal), and
     # when it stops the second is under way for several seconds more
     config = write_config(tmp_path, connect_timeout_s=6.0, reconnect_initial_s=0.05, reconnect_max_s=0.05)
-    spec = f"mqtt://127.0.0.1:{silent.getsockname()[1]}/emotiond"
-    proc = daemon(emotiond, model_dir, long_clip, config, "stdout", spec, realtime=True)
-    try:
+    with silent_broker() as spec:
+        proc = daemon(emotiond, model_dir, long_clip, config, "stdout", spec, realtime=True)
         for line in proc.stdout:
             if '"type":"frame"' in line:
                 break
@@ -289,31 +300,20 @@ def test_sigterm_ends_the_daemon_within_2_s_while_the_broker_does_not_answer(
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
         seconds = time.monotonic() - started
-    finally:
-        filler.close()
-        silent.close()
     assert proc.returncode == 0, err
     assert seconds < 2.0, f"{seconds:.2f} s to stop"
     assert re.search(r"cannot reach the broker: timed out|no answer from the broker", err), err
 
 
 def test_sigterm_while_waiting_for_a_silent_broker_at_start_ends_within_2_s(emotiond, model_dir, long_clip, tmp_path):
-    silent = socket.socket()  # a full backlog: the first connect waits its whole connect_timeout_s
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(0)
-    filler = socket.create_connection(silent.getsockname())
-    config = write_config(tmp_path, connect_timeout_s=20.0)
-    spec = f"mqtt://127.0.0.1:{silent.getsockname()[1]}/emotiond"
-    proc = daemon(emotiond, model_dir, long_clip, config, "stdout", spec, realtime=True)
-    try:
+    config = write_config(tmp_path, connect_timeout_s=20.0)  # the first connect waits its whole timeout
+    with silent_broker() as spec:
+        proc = daemon(emotiond, model_dir, long_clip, config, "stdout", spec, realtime=True)
         time.sleep(3.0)  # past the imports, into the broker's first answer
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
         seconds = time.monotonic() - started
-    finally:
-        filler.close()
-        silent.close()
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert seconds < 2.0, f"{seconds:.2f} s to stop"
 
