@@ -5,8 +5,19 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 from benchmarks.sockets import connect_when_up  # noqa: F401 - one helper for tests and benchmarks
+
+
+def wait_for(predicate, timeout: float = 5.0) -> bool:
+    """Poll `predicate` until it holds or `timeout` s pass; its last value."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return bool(predicate())
 
 
 def free_port() -> int:

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from socket_clients import assert_gaps_announced
+from socket_clients import wait_for as wait_until
 
 from benchmarks.http import MjpegReader, SseReader, free_port, get, stalled, wait_up
 from runtime import http_preview
@@ -34,12 +35,7 @@ PASSWORD = "viewer:s3cret pass"
 
 
 def wait_for(predicate, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
+    return wait_until(predicate, timeout)
 
 
 def daemon(emotiond: Path, model_dir: Path, clip: Path, http: str, *args: str) -> subprocess.Popen:

@@ -18,22 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from socket_clients import Reader, assert_gaps_announced, free_port
+from socket_clients import Reader, assert_gaps_announced, free_port, wait_for
 
 from runtime.addresses import parse_address
 from runtime.errors import UserError
 from runtime.events import EventBuilder, encode
 from runtime.publishers import Fanout, make_publisher
 from runtime.sockets import SocketPublisher
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return predicate()
 
 
 def dial(address: str, rcvbuf: int | None = None) -> socket.socket:
