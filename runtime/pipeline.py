@@ -49,7 +49,7 @@ class Counters:
     events: int = 0  # events published
     faces: int = 0  # faces reported (sum over frames)
     dropped: int = 0  # stale frames the source dropped (live sources), copied from the source
-    skipped: int = 0  # non-image files skipped (image directories), copied from the source
+    skipped: int = 0  # non-image files (image directories) or malformed frames skipped, copied from the source
     errors: int = 0  # frames left out because a stage raised an unexpected error
     failed_in_a_row: int = 0
     reported: set = field(default_factory=set)  # (stage, error type) already reported on stderr

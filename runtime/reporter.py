@@ -102,11 +102,13 @@ class Reporter:
     def starting(self, config_path: str | None) -> None:
         self.status("starting", "", version=emotiond_version(), pid=os.getpid(), config=config_path)
 
-    def ticker(self, dropped: Callable[[], int], errors: Callable[[], int]) -> Ticker:
+    def ticker(
+        self, dropped: Callable[[], int], errors: Callable[[], int], skipped: Callable[[], int] = lambda: 0
+    ) -> Ticker:
         """`with reporter.ticker(...)`: a stats event every stats_interval_s while the pipeline runs."""
 
         def tick() -> None:
-            fields = self.stats.take(dropped(), errors())
+            fields = self.stats.take(dropped(), errors(), skipped())
             outputs = getattr(self.publisher, "output_stats", None)
             if callable(outputs):
                 fields.update(outputs())

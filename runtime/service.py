@@ -106,7 +106,9 @@ def run(
         stack.callback(lambda: stages.close())  # the stages of the moment, after any reload
         builder.model_id = stages.classifier.model_id
         counters = Counters()
-        ticker = stack.enter_context(reporter.ticker(lambda: stages.source.dropped, lambda: counters.errors))
+        ticker = stack.enter_context(
+            reporter.ticker(lambda: stages.source.dropped, lambda: counters.errors, lambda: stages.source.skipped)
+        )
         stack.callback(systemd.stopping)  # registered last: unwinds first, before any stage closes
         reporter.starting(config_path)  # every stage built: a user's mistake would have been one error line
         start = time.monotonic()

@@ -44,6 +44,7 @@ FILE_QUEUE = 2
 OPEN_TIMEOUT_MS = 10_000
 CLOSE_WAIT_S = 0.3  # longest a close waits for a capture thread; one blocked in a read is left behind (daemon)
 POLL_S = 0.1  # how often a wait for an open checks the stop flag
+WARN_EVERY_S = 60.0  # a source that keeps sending malformed frames is named on stderr at most this often
 _END = object()  # end of stream marker in the hand-off
 NOTHING = object()  # poll(): no frame within the timeout
 
@@ -152,7 +153,7 @@ class Source(ABC):
         self.live = live
         self.stall_timeout_s = stall_timeout_s
         self.fps: float | None = None
-        self.skipped = 0  # files in a directory that are not (decodable) images
+        self.skipped = 0  # files in a directory that are not (decodable) images; malformed frames of a capture
         self.captured = 0
         self._stop = threading.Event()
         self._handoff: LatestSlot | queue.Queue = LatestSlot() if live else queue.Queue(maxsize=FILE_QUEUE)
@@ -274,6 +275,7 @@ class VideoSource(Source):
         self.on_status = on_status or (lambda *a, **k: None)
         self._opts = opts
         self._fd: int | None = None  # a file whose name OpenCV cannot take, opened by us (_capture_path)
+        self._quiet_until = 0.0  # no "malformed frame" warning before this (monotonic s)
         target = _capture_path(self, uri) if kind == "file" else uri
         self._first: tuple[np.ndarray, int] | None = None  # read at open time, and its decode time in ns
         try:
@@ -311,9 +313,9 @@ class VideoSource(Source):
     def _capture(self) -> None:
         cap, index = self._cap, 0
         pace = 1.0 / self.fps if (self.realtime and self.kind == "file" and self.fps) else 0.0
-        start = time.monotonic()
+        start = usable = time.monotonic()  # usable: since when the capture has read no frame it could use
         while not self._stop.is_set():
-            t0 = time.perf_counter_ns()
+            t0, lost = time.perf_counter_ns(), None
             if self._first is not None:
                 (image, first_ns), self._first = self._first, None
                 t0 -= first_ns
@@ -328,14 +330,22 @@ class VideoSource(Source):
                         )
                     else:
                         lost = UserError(f"source {printable(self.uri)} ended or was lost")
-                    if self.reconnect is None:
-                        raise lost
-                    cap = self._reopen(str(lost))
-                    if cap is None:
-                        return  # stopping
+            if lost is None and (image.size == 0 or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8):
+                self._skip_malformed(image)  # an empty or malformed frame (a broken camera driver)
+                if time.monotonic() - usable < self.stall_timeout_s:
                     continue
-            if image.size == 0 or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-                self.skipped += 1  # an empty or malformed frame (a broken camera driver): skipped and counted
+                # Frames, but none usable: a stall all the same (reported, or reconnected), never a silent loop
+                lost = SourceStalled(
+                    f"source {printable(self.uri)} stalled: no usable frame for {self.stall_timeout_s:g} s, "
+                    f"only malformed ones ({_shape(image)})"
+                )
+            if lost is not None:
+                if self.reconnect is None:
+                    raise lost
+                cap = self._reopen(str(lost))
+                if cap is None:
+                    return  # stopping
+                usable = time.monotonic()
                 continue
             self._delays = None  # a frame again: the next loss backs off from the start
             frame = self._frame(image, index, t0)
@@ -348,11 +358,26 @@ class VideoSource(Source):
                 return
             index += 1
             self.captured = index
+            usable = time.monotonic()  # after the hand-off: waiting on a slow consumer is no stall
+
+    def _skip_malformed(self, image: np.ndarray) -> None:
+        """Count a frame that is not (H, W, 3) uint8, and name the source on stderr (at most every WARN_EVERY_S)."""
+        self.skipped += 1
+        if time.monotonic() >= self._quiet_until:
+            self._quiet_until = time.monotonic() + WARN_EVERY_S
+            say(
+                f"emotiond: source {printable(self.uri)}: skipped a malformed frame ({_shape(image)}, expected "
+                f"height x width x 3 uint8); {self.skipped} so far", "warning",
+            )  # fmt: skip
 
     def _release(self) -> None:
         if not self._thread.is_alive():  # never release under a read that is still running
             self._cap.release()
             self._close_fd()
+
+
+def _shape(image: np.ndarray) -> str:
+    return f"{tuple(image.shape)} {image.dtype}"
 
 
 def _capture_path(source: VideoSource, uri: str) -> str:

@@ -33,7 +33,7 @@ class Stats:
                 if stage in self._latency:
                     self._latency[stage].append(ms)
 
-    def take(self, dropped_total: int, errors_total: int = 0) -> dict:
+    def take(self, dropped_total: int, errors_total: int = 0, skipped_total: int = 0) -> dict:
         """The fields of a stats event for the interval since the last take (EventBuilder.stats(**fields))."""
         now = time.monotonic()
         with self._lock:
@@ -53,6 +53,7 @@ class Stats:
             "frames_total": self.frames_total,
             "dropped_total": dropped_total,
             "errors_total": errors_total,
+            "skipped_total": skipped_total,  # malformed frames of a capture, non-images of a directory
             "uptime_s": round(now - self._started, 3),
             "latency_ms": {stage: _percentiles(values) for stage, values in latency.items() if values},
         }

@@ -23,8 +23,9 @@ def test_stats_take_the_interval_and_start_anew():
     assert first["latency_ms"]["detect"]["p50"] == 3.0 and first["latency_ms"]["detect"]["max"] == 100.0
     assert first["latency_ms"]["total"]["p95"] == pytest.approx(81.8)
     stats.record({"detect": 5.0}, faces=0)
-    second = stats.take(dropped_total=4)
+    second = stats.take(dropped_total=4, skipped_total=2)
     assert second["frames"] == 1 and second["dropped"] == 1 and second["frames_total"] == 6
+    assert first["skipped_total"] == 0 and second["skipped_total"] == 2
     assert "total" not in second["latency_ms"]
     assert status_line(first).endswith("10 faces, 3 dropped, p95 82 ms")
 
