@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 
 from runtime.config import MqttConfig
-from runtime.publishers import Fanout, Publisher, is_mqtt, make_publisher
+from runtime.publishers import Fanout, Publisher, close_all, is_mqtt, make_publisher
 
 
 class Outputs(Fanout):
@@ -47,8 +47,7 @@ class Outputs(Fanout):
             raise
         self.mqtt = mqtt
         removed = [spec for spec in self.by_spec if spec not in specs or spec in added]
-        for spec in removed:
-            self.by_spec.pop(spec).close()
+        close_all([self.by_spec.pop(spec) for spec in removed])  # at once: events wait meanwhile (reload's lock)
         self.by_spec.update(added)
         self.by_spec = {spec: self.by_spec[spec] for spec in specs}
         self.publishers = list(self.by_spec.values()) + list(self.fixed.values())

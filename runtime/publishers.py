@@ -152,8 +152,28 @@ class Fanout(Publisher):
             publisher.set_status(report)
 
     def close(self) -> None:
-        for publisher in self.publishers:
+        close_all(self.publishers)
+
+
+def close_all(publishers: list[Publisher]) -> None:
+    """Close the publishers at once, a thread each: each may wait a grace for its slow readers (sockets, MQTT, the
+    page), and N stalled outputs must take one grace at a stop, not N (SIGTERM within 2 s). Every close() is
+    bounded by itself; the first error is raised once all are done."""
+    errors: list[Exception] = []
+
+    def close(publisher: Publisher) -> None:
+        try:
             publisher.close()
+        except Exception as e:  # raised in the caller's thread, not lost in this one's
+            errors.append(e)
+
+    threads = [threading.Thread(target=close, args=(p,), name="close output", daemon=True) for p in publishers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def make_publisher(

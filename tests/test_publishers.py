@@ -8,12 +8,13 @@ import shlex
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from runtime.errors import UserError
-from runtime.publishers import Fanout, ReaderGone, StdoutPublisher, make_publisher
+from runtime.publishers import Fanout, Publisher, ReaderGone, StdoutPublisher, make_publisher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,28 @@ def test_fanout_keeps_publishing_to_the_readers_still_there():
     with pytest.raises(ReaderGone):
         fanout.publish(b"d\n")
     fanout.close()
+
+
+def test_fanout_closes_its_publishers_at_once_and_raises_an_error_once_all_are_closed():
+    class Slow(Publisher):  # a close that waits its grace for a stalled reader (runtime.sockets, mqtt, http)
+        def __init__(self, fails: bool = False) -> None:
+            self.fails, self.closed = fails, False
+
+        def publish(self, line: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            time.sleep(0.3)
+            self.closed = True
+            if self.fails:
+                raise OSError("cannot close")
+
+    publishers = [Slow(), Slow(fails=True), Slow()]
+    started = time.monotonic()
+    with pytest.raises(OSError, match="cannot close"):
+        Fanout(publishers).close()
+    assert time.monotonic() - started < 0.6, "one grace, not one per publisher"
+    assert all(p.closed for p in publishers), "an error in one leaves none open"
 
 
 def test_other_write_errors_are_not_mistaken_for_a_reader_leaving():
