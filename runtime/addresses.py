@@ -4,8 +4,16 @@ life cycle) and connecting. Every mistake a user can make is a UserError of one 
     unix:PATH[?mode=0660][&queue=256]      a Unix stream socket; mode: the socket file's permissions
     tcp:[HOST:]PORT[?queue=256]           TCP; HOST defaults to 127.0.0.1 ([::1] for IPv6); any other than a
                                           loopback address is allowed but warned about (events are not encrypted)
+    systemd:NAME[?queue=256]              (outputs only) the socket systemd passed with FileDescriptorName=NAME
 
 queue: events each subscriber's queue holds before its oldest are dropped (runtime.sockets).
+
+Socket activation (systemd/emotiond.socket): the sockets systemd passes are read once per process
+(passed_sockets). An output whose address is that of a passed socket (unix:PATH of the same path, tcp:HOST:PORT
+of the same address), or that names it (systemd:NAME), uses it instead of binding one: it is listening before the
+daemon starts and after it stops, so a subscriber is never refused. Its file is systemd's, never removed here
+(`mode` does not apply: SocketMode= does), and an output only ever closes a duplicate of it, so a reload can take
+it up again.
 
 The `--http` page's address (output.http, runtime.http_preview) is the same `[HOST:]PORT` without the scheme.
 """
@@ -19,6 +27,7 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from runtime import systemd
 from runtime.errors import UserError, printable, say
 
 DEFAULT_MODE = 0o660
@@ -31,16 +40,19 @@ _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 @dataclass(frozen=True)
 class Address:
     spec: str
-    kind: str  # "unix" or "tcp"
+    kind: str  # "unix", "tcp" or "systemd"
     path: str = ""  # unix: absolute
     host: str = ""  # tcp
     port: int = 0
+    name: str = ""  # systemd: FileDescriptorName=
     mode: int = DEFAULT_MODE
     queue: int = DEFAULT_QUEUE
 
     def __str__(self) -> str:
         if self.kind == "unix":
             return f"unix:{self.path}"
+        if self.kind == "systemd":
+            return f"systemd:{self.name}"
         return f"tcp:[{self.host}]:{self.port}" if ":" in self.host else f"tcp:{self.host}:{self.port}"
 
 
@@ -49,7 +61,7 @@ def parse_address(spec: str, role: str = "output") -> Address:
     in messages ("output", "address")."""
     kind, _, rest = spec.partition(":")
     where = f"{role} {printable(spec)!r}"
-    if kind not in ("unix", "tcp"):
+    if kind not in ("unix", "tcp", "systemd") or (kind == "systemd" and role != "output"):
         expected = "stdout, unix:PATH or tcp:[HOST:]PORT" if role == "output" else "unix:PATH or tcp:[HOST:]PORT"
         raise UserError(f"{where}: unknown scheme (expected {expected})")
     target, _, query = rest.partition("?")
@@ -63,6 +75,10 @@ def parse_address(spec: str, role: str = "output") -> Address:
     fields: dict = {"spec": spec, "kind": kind}
     if "queue" in options:
         fields["queue"] = _number(where, "queue", options["queue"], 10, 1, MAX_QUEUE)
+    if kind == "systemd":  # FileDescriptorName=: printable ASCII, no ':', at most 255 characters
+        if not target or len(target) > 255 or not all(" " <= c < "\x7f" and c != ":" for c in target):
+            raise UserError(f"{where}: expected systemd:NAME, NAME as in the socket unit's FileDescriptorName=")
+        return Address(**fields, name=target)
     if kind == "unix":
         if not target:
             raise UserError(f"{where}: no socket path (expected unix:/run/emotiond/events.sock)")
@@ -109,7 +125,8 @@ def _number(where: str, name: str, text: str, base: int, low: int, high: int) ->
 
 @dataclass
 class Listener:
-    """A listening, non-blocking socket; close() also removes the Unix socket file if it is still ours."""
+    """A listening, non-blocking socket; close() also removes the Unix socket file if it is still ours (`path` is
+    empty for a socket systemd passed: its file is systemd's)."""
 
     sock: socket.socket
     path: str = ""
@@ -128,7 +145,91 @@ class Listener:
 
 
 def listen(address: Address) -> Listener:
+    """The socket systemd passed for `address` if there is one (see the module docstring), else one bound now."""
+    passed = passed_for(address)
+    if passed is not None:
+        sock = passed.sock.dup()  # closing it leaves the passed one open: a reload can adopt it again
+        sock.setblocking(False)
+        return Listener(sock)
+    if address.kind == "systemd":
+        have = ", ".join(map(str, passed_sockets())) or "none (not started by systemd with a socket unit)"
+        raise UserError(
+            f"output {printable(address.spec)!r}: systemd passed no socket named {printable(address.name)!r} "
+            f"(passed: {printable(have)})"
+        )
     return _listen_unix(address) if address.kind == "unix" else listen_tcp(address)
+
+
+@dataclass(eq=False)
+class Passed:
+    """A socket systemd passed: bound and listening already (systemd keeps a copy of it), or `local` None if it is
+    not a listening Unix or TCP stream socket (ListenDatagram=, ListenFIFO=, Accept=yes), which no output can use."""
+
+    sock: socket.socket | None
+    name: str  # FileDescriptorName= (default: the socket unit's name, emotiond.socket)
+    local: str | bytes | tuple | None  # getsockname()
+
+    def address(self) -> str:
+        """What an output spec says to use it: unix:PATH or tcp:HOST:PORT (tcp:[HOST]:PORT for IPv6)."""
+        if self.sock is None or self.local is None:
+            return ""
+        if self.sock.family == socket.AF_UNIX:  # bytes: Linux's abstract namespace (ListenStream=@NAME)
+            local = self.local
+            return "unix:" + (local if isinstance(local, str) else "@" + local[1:].decode("utf-8", "replace"))
+        host, port = self.local[:2]
+        return f"tcp:[{host}]:{port}" if ":" in host else f"tcp:{host}:{port}"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.address() or 'not a listening stream socket'})"
+
+
+_passed: list[Passed] | None = None
+
+
+def passed_sockets() -> list[Passed]:
+    """The sockets systemd passed to this process, read once (runtime.systemd.listen_fds unsets the variables, so
+    they are kept here for the life of the process); [] outside socket activation."""
+    global _passed
+    if _passed is None:
+        _passed = [_passed_socket(fd, name) for fd, name in systemd.listen_fds()]
+    return _passed
+
+
+def _passed_socket(fd: int, name: str) -> Passed:
+    try:
+        sock = socket.socket(fileno=fd)  # family and type read from the descriptor
+    except OSError:  # not a socket (ListenFIFO=)
+        return Passed(None, name, None)
+    usable = (
+        sock.family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    )
+    return Passed(sock, name, sock.getsockname() if usable else None)
+
+
+def passed_for(a: Address) -> Passed | None:
+    """The passed socket an output at `a` uses: the one named so (systemd:NAME) or bound to that address; None if
+    there is none. UserError if systemd:NAME names a socket no output can use, or several."""
+    passed = passed_sockets()
+    if not passed:
+        return None
+    if a.kind == "systemd":
+        named = [p for p in passed if p.name == a.name]
+        if len(named) > 1:
+            raise UserError(
+                f"output {printable(a.spec)!r}: {len(named)} passed sockets are named {printable(a.name)!r}: give "
+                "each its own socket unit and FileDescriptorName=, or use their addresses"
+            )
+        if named and not named[0].address():
+            raise UserError(f"output {printable(a.spec)!r}: the passed socket {printable(named[0])} cannot serve")
+        return named[0] if named else None
+    if a.kind == "unix":
+        wanted = f"unix:{a.path}"
+    else:  # the address as bound: tcp:localhost:7878 is tcp:127.0.0.1:7878
+        host = _resolve(a, f"output {printable(a.spec)!r}", passive=True)[1][0]
+        wanted = str(Address(a.spec, "tcp", host=host, port=a.port))
+    return next((p for p in passed if p.address() == wanted), None)
 
 
 def _listen_unix(a: Address) -> Listener:

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SPEC",
         help="publisher, repeatable: 'stdout', 'unix:PATH[?mode=0660]' or 'tcp:[HOST:]PORT' (HOST: 127.0.0.1); "
-        "sockets serve many subscribers ('emotiond subscribe ADDRESS'); 'mqtt://[USER@]HOST[:PORT]/PREFIX' or "
+        "sockets serve many subscribers ('emotiond subscribe ADDRESS'); 'systemd:NAME' the socket systemd passed "
+        "(FileDescriptorName=NAME); 'mqtt://[USER@]HOST[:PORT]/PREFIX' or "
         "'mqtts://...' publishes to an MQTT broker (settings: output.mqtt) [output.publishers]",
     )
     run.add_argument("--backend", choices=["onnxruntime", "openvino"], help="inference engine [classifier.backend]")

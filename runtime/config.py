@@ -301,7 +301,8 @@ class OutputConfig(_Section):
         min_length=1,
         max_length=16,
         description="Where events go (1..16 publishers), one JSON object per line: 'stdout', "
-        "'unix:PATH[?mode=0660]' or 'tcp:[HOST:]PORT' (listening sockets, any number of subscribers), "
+        "'unix:PATH[?mode=0660]' or 'tcp:[HOST:]PORT' (listening sockets, any number of subscribers; one systemd "
+        "passed for that address is used), 'systemd:NAME' (the socket systemd passed with FileDescriptorName=NAME), "
         "'mqtt://[USER@]HOST[:PORT]/PREFIX' or 'mqtts://...' (an MQTT broker, see output.mqtt).",
     )
     annotate: Text | None = Field(

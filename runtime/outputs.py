@@ -1,6 +1,10 @@
 """The daemon's outputs: the publishers of `output.publishers`, kept by spec so that a reload adds and removes
 publishers without touching the others (a socket keeps its subscribers; an MQTT publisher its connection, unless
-output.mqtt changed). Fixed publishers (the `--http` page's event stream) stay as they are across reloads."""
+output.mqtt changed). Fixed publishers (the `--http` page's event stream) stay as they are across reloads.
+
+Sockets systemd passed (socket activation, runtime.addresses) outlive the outputs that use them: an output removed
+by a reload closes its duplicate only, and a later reload can take the socket up again. A passed socket that no
+output uses is one warning line, at the start and whenever a reload leaves it unused."""
 
 from __future__ import annotations
 
@@ -8,7 +12,16 @@ import threading
 from collections.abc import Callable
 
 from runtime.config import MqttConfig
-from runtime.publishers import Fanout, Publisher, close_all, is_mqtt, make_publisher
+from runtime.errors import printable, say
+from runtime.publishers import (
+    Fanout,
+    Publisher,
+    close_all,
+    idle_passed_sockets,
+    is_mqtt,
+    make_publisher,
+    refuse_duplicate_addresses,
+)
 
 
 class Outputs(Fanout):
@@ -24,6 +37,7 @@ class Outputs(Fanout):
         self.mqtt = mqtt or MqttConfig()
         self._hello: Callable[[], dict] | None = None
         self._status: Callable[..., None] | None = None
+        self._idle: list = []  # passed sockets no output uses, already warned about
         self.reconfigure(specs)
 
     def reconfigure(self, specs: list[str], mqtt: MqttConfig | None = None) -> list[str]:
@@ -31,6 +45,7 @@ class Outputs(Fanout):
         UserError (having built nothing) if a new one cannot be made. Returns the specs added and removed, as
         "+spec" / "-spec" (a rebuilt one is both)."""
         specs = list(dict.fromkeys(s.strip() for s in specs))
+        refuse_duplicate_addresses(specs)
         mqtt = mqtt or self.mqtt
         added: dict[str, Publisher] = {}
         try:
@@ -51,7 +66,17 @@ class Outputs(Fanout):
         self.by_spec.update(added)
         self.by_spec = {spec: self.by_spec[spec] for spec in specs}
         self.publishers = list(self.by_spec.values()) + list(self.fixed.values())
+        self._warn_idle(specs)
         return [f"+{s}" for s in added] + [f"-{s}" for s in removed]
+
+    def _warn_idle(self, specs: list[str]) -> None:
+        idle = idle_passed_sockets(specs)
+        if fresh := [p for p in idle if p not in self._idle]:
+            say(
+                f"emotiond: warning: systemd passed {printable(', '.join(map(str, fresh)))}, which no output uses "
+                "(add the output systemd:NAME or its address)", "warning",
+            )  # fmt: skip
+        self._idle = idle
 
     def publish(self, line: bytes) -> None:
         try:

@@ -3,7 +3,8 @@ them once what a socket subscriber's first line (`hello`) says (set_hello).
 
 stdout (JSON Lines), Unix socket and TCP (runtime.sockets, many subscribers each), an MQTT broker
 (runtime.mqtt_publisher); several outputs at once are a Fanout. Specs: "stdout", "unix:PATH[?mode=0660&queue=256]",
-"tcp:[HOST:]PORT[?queue=256]" (runtime.addresses), "mqtt://[USER@]HOST[:PORT]/PREFIX", "mqtts://..." (runtime.mqtt).
+"tcp:[HOST:]PORT[?queue=256]", "systemd:NAME[?queue=256]" (a socket systemd passed; runtime.addresses),
+"mqtt://[USER@]HOST[:PORT]/PREFIX", "mqtts://..." (runtime.mqtt).
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from runtime.errors import UserError, printable
 from runtime.events import encode
 
 if TYPE_CHECKING:
+    from runtime.addresses import Passed
     from runtime.config import MqttConfig
 
-EXPECTED = "expected stdout, unix:PATH, tcp:[HOST:]PORT or mqtt://[USER@]HOST[:PORT]/PREFIX"
+EXPECTED = "expected stdout, unix:PATH, tcp:[HOST:]PORT, systemd:NAME or mqtt://[USER@]HOST[:PORT]/PREFIX"
+SOCKET_KINDS = ("unix", "tcp", "systemd")  # runtime.sockets publishers; their addresses: runtime.addresses
 
 
 def is_mqtt(spec: str) -> bool:
@@ -187,7 +190,7 @@ def make_publisher(
     if not specs:
         raise UserError("output: no publisher given (expected e.g. 'stdout')")
     if len(specs) > 1:
-        _refuse_duplicate_addresses(specs)
+        refuse_duplicate_addresses(specs)
         built: list[Publisher] = []
         try:
             for s in specs:
@@ -200,7 +203,7 @@ def make_publisher(
     kind, _, target = specs[0].partition(":")
     if kind == "stdout" and not target:
         return StdoutPublisher()
-    if kind in ("unix", "tcp"):
+    if kind in SOCKET_KINDS:
         from runtime.addresses import parse_address
         from runtime.sockets import SocketPublisher  # imports this module
 
@@ -213,16 +216,21 @@ def make_publisher(
     raise UserError(f"output: unknown publisher {printable(specs[0])!r} ({EXPECTED})")
 
 
-def _refuse_duplicate_addresses(specs: list[str]) -> None:
-    # The second bind would fail as "in use by a running daemon" (ourselves): say what is really wrong.
+def refuse_duplicate_addresses(specs: list[str]) -> None:
+    # The second bind would fail as "in use by a running daemon" (ourselves): say what is really wrong. Two outputs
+    # on one socket systemd passed (its address and systemd:NAME) would each get some of the subscribers.
     # Two URLs of one broker and prefix would publish every event twice on the same topics.
-    from runtime.addresses import parse_address
+    from runtime.addresses import parse_address, passed_for
     from runtime.mqtt import parse_url
 
     seen: dict[str, str] = {}
     for s in specs:
-        if s.partition(":")[0] in ("unix", "tcp") or is_mqtt(s):
-            where = parse_url(s).identity if is_mqtt(s) else str(parse_address(s))
+        if s.partition(":")[0] in SOCKET_KINDS or is_mqtt(s):
+            if is_mqtt(s):
+                where = parse_url(s).identity
+            else:
+                passed = passed_for(address := parse_address(s))
+                where = passed.address() if passed is not None else str(address)
             if where in seen:
                 raise UserError(f"output: {printable(s)!r} and {printable(seen[where])!r} are the same address")
             seen[where] = s
@@ -235,7 +243,7 @@ def check_publishers(specs: list[str], settings: MqttConfig | None = None) -> No
 
     for spec in specs:
         kind, _, target = spec.strip().partition(":")
-        if kind in ("unix", "tcp"):
+        if kind in SOCKET_KINDS:  # systemd:NAME: only its form (systemd passes no socket to ExecStartPre=)
             parse_address(spec.strip())
         elif is_mqtt(spec):
             from runtime.mqtt import resolve
@@ -243,4 +251,13 @@ def check_publishers(specs: list[str], settings: MqttConfig | None = None) -> No
             resolve(spec, settings)
         elif not (kind == "stdout" and not target):
             raise UserError(f"output: unknown publisher {printable(spec)!r} ({EXPECTED})")
-    _refuse_duplicate_addresses([s.strip() for s in specs])
+    refuse_duplicate_addresses([s.strip() for s in specs])
+
+
+def idle_passed_sockets(specs: list[str]) -> list[Passed]:
+    """The sockets systemd passed that none of the outputs `specs` uses (runtime.addresses.passed_for): their
+    subscribers would wait unserved."""
+    from runtime.addresses import parse_address, passed_for, passed_sockets
+
+    used = [passed_for(parse_address(s)) for s in specs if s.partition(":")[0] in SOCKET_KINDS]
+    return [p for p in passed_sockets() if all(p is not u for u in used)]

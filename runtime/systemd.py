@@ -1,4 +1,5 @@
-"""Speaking to systemd (sd_notify): one datagram to $NOTIFY_SOCKET per message, nothing else.
+"""Speaking to systemd (sd_notify): one datagram to $NOTIFY_SOCKET per message, nothing else; and the sockets it
+passes (socket activation, listen_fds).
 
 Outside systemd (NOTIFY_SOCKET unset) every function does nothing, so the daemon calls them unconditionally.
 The protocol is the one of systemd's notify-selfcontained-example.c; no libsystemd needed.
@@ -9,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import time
+
+LISTEN_FDS_START = 3  # SD_LISTEN_FDS_START: the first passed descriptor
 
 
 def notify(message: str) -> bool:
@@ -62,3 +65,23 @@ def watchdog_interval_s() -> float | None:
     except ValueError:
         return None
     return value / 1e6 if value > 0 else None
+
+
+def listen_fds() -> list[tuple[int, str]]:
+    """The descriptors systemd passed (socket activation) with their names, as sd_listen_fds_with_names(3) with
+    unset_environment: only if $LISTEN_PID is this process (else they were meant for another), $LISTEN_FDS of them
+    from fd 3 on, named by $LISTEN_FDNAMES (FileDescriptorName=; "unknown" where none is given). The variables are
+    removed whatever they held, so no child inherits them, and the descriptors are made close-on-exec. They are
+    bound and listening already. [] outside socket activation; a second call finds nothing."""
+    pid, count, names = (os.environ.pop(key, None) for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
+    if pid != str(os.getpid()) or not count or not count.isdigit():
+        return []
+    labels = names.split(":") if names else []
+    passed = []
+    for i, fd in enumerate(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))):
+        try:
+            os.set_inheritable(fd, False)
+        except OSError:  # not open after all: nothing to use
+            continue
+        passed.append((fd, labels[i] if i < len(labels) and labels[i] else "unknown"))
+    return passed

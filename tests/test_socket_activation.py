@@ -1,0 +1,275 @@
+"""Socket activation with the real daemon: systemd-socket-activate (Debian's systemd package) listens as a socket
+unit does and, at the first connection, becomes `emotiond run` with the socket as fd 3 and LISTEN_PID, LISTEN_FDS
+and LISTEN_FDNAMES set. A subscriber waiting from before the start gets `hello` and then every event; the socket
+file is systemd's, left in place at a stop; a socket held across two runs (a restart) serves a subscriber that
+connected while no daemon ran; a reload that drops the output and one that restores it keep the socket; the
+refusals are one line and exit 2."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from socket_clients import Reader, connect_when_up, free_port, wait_for
+
+from runtime import systemd
+from runtime.addresses import parse_address
+from runtime.errors import UserError
+
+ACTIVATE = shutil.which("systemd-socket-activate")
+TIMEOUT = 120
+
+
+def activated(listen: str | Path, emotiond: Path, *args: str | Path, fdname: str = "events") -> subprocess.Popen:
+    """`emotiond ARGS` under systemd-socket-activate listening on `listen` (a path or HOST:PORT). It passes on only
+    a few variables (PATH, HOME, ...): the model cache's are handed over explicitly."""
+    if ACTIVATE is None:
+        pytest.skip("systemd-socket-activate not installed (Debian: package systemd)")
+    keep = [f"--setenv={key}" for key in ("EMOTIOND_CACHE_DIR", "XDG_CACHE_HOME") if key in os.environ]
+    cmd = [ACTIVATE, f"--listen={listen}", f"--fdname={fdname}", *keep, str(emotiond), *map(str, args)]
+    env = {**os.environ, "SYSTEMD_LOG_LEVEL": "warning"}  # not its "Listening on ..." lines among the daemon's
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def started_with(held: socket.socket, emotiond: Path, *args: str | Path) -> subprocess.Popen:
+    """What systemd does at each start of a service whose socket it holds: the socket becomes fd 3 of the new
+    process, LISTEN_PID its pid (a small exec wrapper, as the pid is known only after the fork)."""
+    fd = fcntl.fcntl(held.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # above 3, whatever this process has open
+    wrapper = (
+        "import os, sys; os.dup2(int(sys.argv[1]), 3); os.close(int(sys.argv[1])); "
+        "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])"
+    )
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "events"}
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", wrapper, str(fd), str(emotiond), *map(str, args)], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env, pass_fds=[fd],
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def run_args(model_dir: Path, clip: Path, *outputs: str) -> list[str | Path]:
+    return ["run", "--source", clip, "--model", model_dir, *(a for out in outputs for a in ("--output", out))]
+
+
+def finish(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:
+    out, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == code, err
+    return out, err
+
+
+def socket_file(path: Path) -> int:
+    """The inode of the socket file at `path`, once there is one."""
+    assert wait_for(path.exists, timeout=10), f"nothing listens at {path}"
+    st = os.lstat(path)
+    assert stat.S_ISSOCK(st.st_mode)
+    return st.st_ino
+
+
+def connect(path: Path) -> socket.socket:
+    """One attempt, no retry: a listening socket never refuses, with or without a daemon behind it."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(path))
+    return sock
+
+
+def assert_every_event(reader: Reader, frames: int) -> None:
+    """hello, then every event of the session from seq 0 (the subscriber waited from before the start)."""
+    lines = reader.lines
+    assert lines[0]["type"] == "hello" and lines[0]["session"] == lines[1]["session"], lines[:2]
+    assert reader.seqs() == list(range(len(reader.events()))), "nothing missed, from seq 0 on"
+    assert reader.frames() == list(range(frames))
+    assert lines[-1]["type"] == "status" and lines[-1]["state"] == "eos"
+
+
+@pytest.mark.slow
+def test_a_subscriber_waiting_before_the_daemon_starts_gets_hello_then_every_event(
+    emotiond, model_dir, detector_model, test_video, tmp_path, event_validator
+):
+    path = tmp_path / "ev.sock"
+    proc = activated(path, emotiond, *run_args(model_dir, test_video.path, "systemd:events"))
+    inode = socket_file(path)  # listening; the daemon starts at this connection
+    reader = Reader(connect(path))
+    out, err = finish(proc)
+    reader.join(timeout=10)
+    assert out == "" and err.count("\n") == 1 and err.startswith("emotiond: eos: "), err
+    assert_every_event(reader, len(test_video.faces))
+    for line in reader.lines:
+        assert not list(event_validator.iter_errors(line)), line
+    assert os.lstat(path).st_ino == inode, "the socket file is systemd's: the daemon leaves it"
+
+
+@pytest.mark.slow
+def test_sigterm_leaves_the_socket_file_and_the_next_activation_serves_again(
+    emotiond, model_dir, detector_model, test_video, long_clip, tmp_path
+):
+    path = tmp_path / "ev.sock"
+    first = activated(path, emotiond, *run_args(model_dir, long_clip, f"unix:{path}"), "--realtime")  # its address
+    inode = socket_file(path)
+    before = Reader(connect(path))
+    assert wait_for(lambda: len(before.frames()) >= 5, timeout=60), before.lines[-3:]
+    first.send_signal(signal.SIGTERM)
+    _, err = finish(first)
+    before.join(timeout=10)
+    assert err.startswith("emotiond: stopped: ") and before.lines[-1]["state"] == "stopping", err
+    assert os.lstat(path).st_ino == inode, "SIGTERM leaves systemd's socket file in place"
+
+    second = activated(path, emotiond, *run_args(model_dir, test_video.path, "systemd:events"))
+    after = Reader(connect_when_up(path, timeout=10))  # refused only until systemd-socket-activate binds anew
+    finish(second)
+    after.join(timeout=10)
+    assert_every_event(after, len(test_video.faces))
+    assert after.lines[0]["session"] != before.lines[0]["session"]
+
+
+@pytest.mark.slow
+def test_a_held_socket_serves_across_a_restart_a_subscriber_that_came_while_no_daemon_ran(
+    emotiond, model_dir, detector_model, test_video, tmp_path
+):
+    path = tmp_path / "ev.sock"
+    with socket.socket(socket.AF_UNIX) as held:  # systemd's copy, kept while the service stops and starts
+        held.bind(str(path))
+        held.listen()
+        inode = os.lstat(path).st_ino
+        readers = [Reader(connect(path))]  # before the first start
+        for run in range(2):
+            if run:
+                readers.append(Reader(connect(path)))  # while no daemon runs: accepted by the next, never refused
+            finish(started_with(held, emotiond, *run_args(model_dir, test_video.path, "systemd:events")))
+            readers[-1].join(timeout=10)
+            assert os.lstat(path).st_ino == inode
+    for reader in readers:
+        assert_every_event(reader, len(test_video.faces))
+    assert readers[0].lines[0]["session"] != readers[1].lines[0]["session"]
+
+
+@pytest.mark.slow
+def test_a_passed_tcp_socket_is_used_by_the_output_of_its_address(emotiond, model_dir, detector_model, test_video):
+    port = free_port()
+    outputs = (f"tcp:{port}", "stdout")
+    proc = activated(f"127.0.0.1:{port}", emotiond, *run_args(model_dir, test_video.path, *outputs))
+    reader = Reader(connect_when_up(("127.0.0.1", port), timeout=10))  # the first connection starts the daemon
+    out, err = finish(proc)  # were the port bound anew, that would fail: in use
+    reader.join(timeout=10)
+    assert err.count("\n") == 1 and err.startswith("emotiond: eos: "), err
+    assert_every_event(reader, len(test_video.faces))
+    assert len(out.splitlines()) == len(reader.events())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("passed", ["another name", "nothing"])
+def test_systemd_name_without_such_a_socket_is_one_line_and_exit_2(emotiond, model_dir, test_video, tmp_path, passed):
+    path = tmp_path / "ev.sock"
+    args = run_args(model_dir, test_video.path, "stdout", "systemd:events")
+    if passed == "nothing":
+        proc = subprocess.Popen(
+            [str(emotiond), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        have = "none (not started by systemd with a socket unit)"
+    else:
+        proc = activated(path, emotiond, *args, fdname="other")
+        socket_file(path)
+        connect(path).close()
+        have = f"other (unix:{path})"
+    out, err = finish(proc, code=2)
+    assert out == "" and err.count("\n") == 1, err
+    assert err == f"error: output 'systemd:events': systemd passed no socket named 'events' (passed: {have})\n"
+
+
+@pytest.mark.slow
+def test_a_passed_socket_no_output_uses_is_one_warning(emotiond, model_dir, detector_model, test_video, tmp_path):
+    path = tmp_path / "ev.sock"
+    proc = activated(path, emotiond, *run_args(model_dir, test_video.path, "stdout"))
+    socket_file(path)
+    with connect(path):  # starts the daemon, which never serves it
+        out, err = finish(proc)
+    warning, summary = err.splitlines()
+    assert warning == f"emotiond: warning: systemd passed events (unix:{path}), which no output uses " + (
+        "(add the output systemd:NAME or its address)"
+    )
+    assert summary.startswith("emotiond: eos: ") and len(out.splitlines()) > len(test_video.faces)
+
+
+@pytest.mark.slow
+def test_a_reload_that_drops_the_output_then_one_that_restores_it_keep_the_passed_socket(
+    emotiond, mjpeg, detector_model, tmp_path
+):
+    stream = mjpeg(frames=100_000, interval_s=0.02)
+    path, config = tmp_path / "ev.sock", tmp_path / "c.yaml"
+
+    def publish_to(spec: str) -> None:
+        config.write_text(f"source:\n  uri: {stream.url}\nevents:\n  emit: all\noutput:\n  publishers: ['{spec}']\n")
+
+    publish_to("systemd:events")
+    proc = activated(path, emotiond, "run", "--config", config)
+    errors: list[str] = []
+    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+    threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()  # stdout's events once reloaded
+    socket_file(path)
+    try:
+        with connect(path) as first:
+            first.settimeout(30)
+            lines = first.makefile("rb")
+            hello = json.loads(lines.readline())
+            assert hello["type"] == "hello"
+            while json.loads(lines.readline())["type"] != "frame":
+                pass
+            publish_to("stdout")
+            proc.send_signal(signal.SIGHUP)
+            while lines.readline():  # the output went: this subscriber is let go
+                pass
+        assert wait_for(lambda: any("which no output uses" in e for e in errors), timeout=30), errors
+        publish_to("systemd:events")
+        proc.send_signal(signal.SIGHUP)
+        with connect(path) as second:
+            second.settimeout(30)
+            lines = second.makefile("rb")
+            again = json.loads(lines.readline())
+            assert again["type"] == "hello" and again["session"] == hello["session"], again
+            while (event := json.loads(lines.readline()))["type"] != "frame":
+                pass
+            assert event["session"] == hello["session"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0, errors
+    assert path.exists()
+
+
+def test_listen_fds_are_only_for_the_process_listen_pid_names_and_are_unset(monkeypatch):
+    monkeypatch.setenv("LISTEN_PID", str(os.getppid()))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    monkeypatch.setenv("LISTEN_FDNAMES", "events")
+    assert systemd.listen_fds() == []
+    assert not {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} & set(os.environ), "children must not inherit them"
+
+
+def test_systemd_addresses_name_a_passed_socket(emotiond, tmp_path):
+    a = parse_address("systemd:events?queue=9")
+    assert (a.kind, a.name, a.queue, str(a)) == ("systemd", "events", 9, "systemd:events")
+    for spec, words in [
+        ("systemd:", "expected systemd:NAME"),
+        ("systemd:a:b", "expected systemd:NAME"),
+        ("systemd:events?mode=0600", "bad option"),
+    ]:
+        with pytest.raises(UserError, match=words):
+            parse_address(spec)
+    with pytest.raises(UserError, match="unknown scheme"):
+        parse_address("systemd:events", role="address")  # `emotiond subscribe` connects: an address, not a name
+    config = tmp_path / "c.yaml"
+    config.write_text("output:\n  publishers: ['stdout', 'systemd:events']\n")
+    run = subprocess.run(
+        [str(emotiond), "check-config", "--config", str(config)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert run.returncode == 0 and run.stderr == "", "ExecStartPre= is passed no socket: the name is not checked"
