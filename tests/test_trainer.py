@@ -14,11 +14,13 @@ import torch
 
 from runtime.errors import UserError
 from runtime.labels import LABELS
+from runtime.manifest import sha256_file
 from runtime.preprocess import DEFAULT_SPEC, preprocess
 from trainer import checkpoint, data
 from trainer.config import TrainConfig, load_config
-from trainer.distill import distill_loss, soften
+from trainer.distill import Teacher, distill_loss, load_teacher, soften
 from trainer.metrics import confusion_matrix, summarize
+from trainer.models import build_model
 from trainer.train import predict_with_tta, run
 
 FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
@@ -135,6 +137,58 @@ def test_distillation_targets_are_the_teachers_tempered_probabilities():
         torch.testing.assert_close(soft, torch.softmax(logits / t, 1))
         assert distill_loss(logits, soft, t).abs().item() < 1e-6  # a student that agrees exactly learns nothing
         assert distill_loss(logits.flip(1), soft, t).item() > 0.1
+
+
+def test_an_online_teacher_labels_the_batch_the_student_sees():
+    torch.manual_seed(0)
+    net = build_model("vgg", width=4, depths=[1, 1], dropout=0.0).eval()
+    net.head.weight.data *= 30  # an untrained net answers almost the same for every face: spread its answers
+    x = torch.randn(6, 1, 44, 44)
+    idx, t = torch.arange(6), 2.0
+    online = Teacher(t, model=net)
+    mirrored_mean = (torch.softmax(net(x), 1) + torch.softmax(net(x.flip(-1)), 1)) / 2
+    torch.testing.assert_close(online.answer(x), soften(mirrored_mean, t))  # of x itself, face and mirror
+    agreeing = torch.log(mirrored_mean)  # a student whose answer is the teacher's on this very batch
+    assert online.loss(agreeing, idx, x, None, bf16=False).abs().item() < 1e-5
+    other = torch.randn_like(x)
+    assert online.loss(agreeing, idx, other, None, bf16=False).item() > 1e-3  # not on another batch
+    # fixed labels: looked up by image, and blended by area for a CutMix batch
+    fixed = Teacher(t, fixed=soften(torch.softmax(net(x), 1).detach(), t))
+    assert fixed.loss(net(x), idx, x, None, bf16=False).abs().item() < 1e-5
+    assert fixed.loss(net(x), idx.roll(1), x, None, bf16=False).item() > 1e-4
+    perm = idx.roll(1)
+    assert fixed.loss(net(x), idx, x, (perm, 0.25), bf16=False).item() == pytest.approx(
+        0.75 * fixed.loss(net(x), perm, x, None, bf16=False).item(), rel=1e-4
+    )
+
+
+def test_an_online_distilled_run_trains_and_records_its_mode(small_fer, tmp_path, capsys):
+    run(quick_config(small_fer, tmp_path / "teacher", epochs=1))
+    teacher = str(tmp_path / "teacher" / "best.pt")
+    fixed = run(quick_config(small_fer, tmp_path / "fixed", f"distill.teacher={teacher}", epochs=1))
+    online = run(quick_config(small_fer, tmp_path / "online", f"distill.teacher={teacher}", "distill.online=true",
+                              epochs=1))  # fmt: skip
+    assert "online: it labels every augmented batch" in capsys.readouterr().err
+    # same seed, same batches: ignoring `online` would give the fixed run's term to the last digit
+    assert online["history"][0]["train_kd"] != pytest.approx(fixed["history"][0]["train_kd"], rel=1e-6)
+    assert checkpoint.load(tmp_path / "online" / "best.pt")["config"]["distill"]["online"] is True
+
+
+def test_an_exported_model_set_teaches_as_its_checkpoint_does(small_fer, tmp_path, capsys):
+    # the shipped set and the checkpoint it was exported from: the INT8 OpenVINO model labels faces as PyTorch does
+    shipped = Path("runtime/models/default")
+    exported, identity = load_teacher(shipped / "model.int8.xml", DEFAULT_SPEC, threads=2)
+    original, _ = load_teacher("models/default/best.pt", DEFAULT_SPEC)
+    assert identity == shipped / "manifest.json"
+    faces = preprocess(data.load(small_fer).split("PublicTest").images[:200], DEFAULT_SPEC)
+    p_exported, p_original = predict_with_tta(exported, faces, True), predict_with_tta(original, faces, True)
+    assert (p_exported.argmax(1) == p_original.argmax(1)).mean() >= 0.95
+    assert np.abs(p_exported - p_original).max() < 0.2
+    taught = run(quick_config(small_fer, tmp_path / "s", f"distill.teacher={shipped}", "distill.online=true", epochs=1))
+    assert "online" in capsys.readouterr().err and taught["history"][0]["train_kd"] > 0
+    assert checkpoint.load(tmp_path / "s" / "best.pt")["teacher_sha256"] == sha256_file(shipped / "manifest.json")
+    with pytest.raises(UserError, match=r"distill\.teacher: .*manifest"):
+        run(quick_config(small_fer, tmp_path / "s2", f"distill.teacher={tmp_path}", epochs=1))
 
 
 def test_distilled_run_learns_from_a_teacher_checkpoint(small_fer, tmp_path, capsys):

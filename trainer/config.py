@@ -44,9 +44,13 @@ class AugmentConfig(Strict):
 
 
 class DistillConfig(Strict):
-    teacher: str | None = Field(None, description="checkpoint whose soft labels the model also learns from; null = off")
+    teacher: str | None = Field(
+        None,
+        description="checkpoint (.pt) or exported model set whose soft labels the model also learns from; null = off",
+    )
     weight: float = Field(0.5, ge=0, le=1, description="share of the loss that follows the teacher")
     temperature: float = Field(2.0, gt=0, le=20, description="softens teacher and student distributions")
+    online: bool = Field(False, description="the teacher labels every augmented batch (slower) instead of once")
 
 
 class TrainConfig(Strict):

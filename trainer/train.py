@@ -29,7 +29,7 @@ from runtime.preprocess import DEFAULT_SPEC, center_crop, preprocess, standardiz
 from trainer import checkpoint, data
 from trainer.augment import augment_batch, cutmix, mixed_loss
 from trainer.config import DEFAULT_CONFIG, LEGACY_KEYS, TrainConfig, load_config
-from trainer.distill import distill_loss, load_teacher, soften
+from trainer.distill import Teacher, load_teacher, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
 from trainer.sharpness import compare_splits
@@ -72,7 +72,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def train_one_epoch(
-    model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch, bf16, soft_targets=None
+    model, ema, optimizer, scheduler, images, labels, cfg: TrainConfig, g, epoch, bf16, teacher=None
 ) -> dict:
     model.train()
     n = len(labels)
@@ -96,9 +96,8 @@ def train_one_epoch(
             logits = model(x)
         out = logits.float()
         ce = loss = mixed_loss(functools.partial(F.cross_entropy, out, label_smoothing=cfg.label_smoothing), y, mixed)
-        if soft_targets is not None:
-            teacher_term = functools.partial(distill_loss, out, temperature=cfg.distill.temperature)
-            kd = mixed_loss(teacher_term, soft_targets[idx], mixed)
+        if teacher is not None:
+            kd = teacher.loss(out, idx, x, mixed, bf16)
             loss = (1 - cfg.distill.weight) * ce + cfg.distill.weight * kd
             total_kd += kd.item() * len(y)
         optimizer.zero_grad(set_to_none=True)
@@ -113,7 +112,7 @@ def train_one_epoch(
         seen += len(y)
         rate = seen / (time.perf_counter() - t0)
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
-    kd = total_kd / seen if soft_targets is not None else None
+    kd = total_kd / seen if teacher is not None else None
     return {"train_loss": total_loss / seen, "train_ce": total_ce / seen, "train_kd": kd, "train_acc": correct / seen}
 
 
@@ -177,18 +176,23 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     images = torch.from_numpy(standardize(train.images, spec)).unsqueeze(1)
     labels = torch.from_numpy(train.labels)
     val_inputs = preprocess(val.images, spec)
-    soft_targets, teacher_sha256 = None, None
+    teacher, teacher_sha256 = None, None
     if cfg.distill.teacher:
-        teacher = load_teacher(cfg.distill.teacher, spec)
-        teacher_sha256 = sha256_file(cfg.distill.teacher)
+        teacher_model, identity = load_teacher(cfg.distill.teacher, spec, torch.get_num_threads())
+        teacher_sha256 = sha256_file(identity)
         if state is not None and state.get("teacher_sha256") != teacher_sha256:
             raise UserError(f"distill.teacher {cfg.distill.teacher} is not the checkpoint this run started with")
-        probs = predict_with_tta(teacher, center_crop(images[:, 0].numpy(), spec), tta_flip=True)
-        soft_targets = soften(torch.from_numpy(probs), cfg.distill.temperature)
-        agree = float((probs.argmax(1) == train.labels).mean())
-        print(
-            f"distilling from {cfg.distill.teacher}: it agrees with {agree:.3f} of the Training labels", file=sys.stderr
-        )
+        if cfg.distill.online:
+            teacher = Teacher(cfg.distill.temperature, model=teacher_model.to(memory_format=torch.channels_last))
+            print(f"distilling from {cfg.distill.teacher}, online: it labels every augmented batch", file=sys.stderr)
+        else:
+            probs = predict_with_tta(teacher_model, center_crop(images[:, 0].numpy(), spec), tta_flip=True)
+            teacher = Teacher(cfg.distill.temperature, fixed=soften(torch.from_numpy(probs), cfg.distill.temperature))
+            agree = float((probs.argmax(1) == train.labels).mean())
+            print(
+                f"distilling from {cfg.distill.teacher}: it agrees with {agree:.3f} of the Training labels",
+                file=sys.stderr,
+            )
 
     model_args = {**cfg.model.model_dump(), "depths": list(cfg.model.depths)}
     model = build_model(cfg.arch, **model_args).to(memory_format=torch.channels_last)
@@ -239,7 +243,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     last_epoch = min(cfg.epochs, stop_after or cfg.epochs)
     for epoch in range(start_epoch, last_epoch + 1):
         t0 = time.perf_counter()
-        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch, bf16, soft_targets)
+        tr = train_one_epoch(model, ema, optimizer, scheduler, images, labels, cfg, g, epoch, bf16, teacher)
         va = validate(ema.module if ema is not None else model, val_inputs, val.labels, cfg.tta_flip, bf16)
         row = {
             "epoch": epoch,
