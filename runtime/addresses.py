@@ -15,7 +15,8 @@ daemon starts and after it stops, so a subscriber is never refused. Its file is 
 (`mode` does not apply: SocketMode= does), and an output only ever closes a duplicate of it, so a reload can take
 it up again.
 
-The `--http` page's address (output.http, runtime.http_preview) is the same `[HOST:]PORT` without the scheme.
+The `--http` page's address (output.http, runtime.http_preview) is the same `[HOST:]PORT` without the scheme, or
+`systemd:NAME`, with no options; a passed TCP socket serves it by the same rules (a passed Unix socket cannot).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ DEFAULT_MODE = 0o660
 DEFAULT_QUEUE = 256
 MAX_QUEUE = 100_000
 BACKLOG = 64
+EXPOSED = "events reach other hosts unencrypted"  # what a TCP output off loopback warns about
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 
 
@@ -75,10 +77,8 @@ def parse_address(spec: str, role: str = "output") -> Address:
     fields: dict = {"spec": spec, "kind": kind}
     if "queue" in options:
         fields["queue"] = _number(where, "queue", options["queue"], 10, 1, MAX_QUEUE)
-    if kind == "systemd":  # FileDescriptorName=: printable ASCII, no ':', at most 255 characters
-        if not target or len(target) > 255 or not all(" " <= c < "\x7f" and c != ":" for c in target):
-            raise UserError(f"{where}: expected systemd:NAME, NAME as in the socket unit's FileDescriptorName=")
-        return Address(**fields, name=target)
+    if kind == "systemd":
+        return Address(**fields, name=_fd_name(where, target))
     if kind == "unix":
         if not target:
             raise UserError(f"{where}: no socket path (expected unix:/run/emotiond/events.sock)")
@@ -95,9 +95,23 @@ def parse_address(spec: str, role: str = "output") -> Address:
 
 
 def parse_http_address(spec: str, role: str = "output.http") -> Address:
-    """The page's "[HOST:]PORT" (HOST defaults to 127.0.0.1) -> a TCP Address; UserError if malformed."""
-    host, port = _host_port(f"{role} {printable(spec)!r}", spec.strip(), "")
+    """The page's "[HOST:]PORT" (HOST defaults to 127.0.0.1) -> a TCP Address, or "systemd:NAME" -> the name of
+    the socket systemd passed for it; UserError if malformed."""
+    where = f"{role} {printable(spec)!r}"
+    kind, _, name = spec.strip().partition(":")
+    if kind == "systemd":
+        if "?" in name:  # as an output's systemd:NAME?queue=N would be read
+            raise UserError(f"{where}: the page takes no options (expected systemd:NAME)")
+        return Address(spec=spec, kind="systemd", name=_fd_name(where, name))
+    host, port = _host_port(where, spec.strip(), "")
     return Address(spec=spec, kind="tcp", host=host, port=port)
+
+
+def _fd_name(where: str, name: str) -> str:
+    """FileDescriptorName=: printable ASCII, no ':', at most 255 characters."""
+    if not name or len(name) > 255 or not all(" " <= c < "\x7f" and c != ":" for c in name):
+        raise UserError(f"{where}: expected systemd:NAME, NAME as in the socket unit's FileDescriptorName=")
+    return name
 
 
 def _host_port(where: str, target: str, scheme: str) -> tuple[str, int]:
@@ -126,11 +140,13 @@ def _number(where: str, name: str, text: str, base: int, low: int, high: int) ->
 @dataclass
 class Listener:
     """A listening, non-blocking socket; close() also removes the Unix socket file if it is still ours (`path` is
-    empty for a socket systemd passed: its file is systemd's)."""
+    empty for a socket systemd passed: its file is systemd's). `passed`: the socket systemd passed that `sock`
+    duplicates, if it does."""
 
     sock: socket.socket
     path: str = ""
     inode: tuple[int, int] | None = None
+    passed: Passed | None = None
 
     def close(self) -> None:
         self.sock.close()
@@ -144,20 +160,30 @@ class Listener:
             self.inode = None
 
 
-def listen(address: Address) -> Listener:
-    """The socket systemd passed for `address` if there is one (see the module docstring), else one bound now."""
-    passed = passed_for(address)
+def listen(address: Address, where: str = "", exposed: str = EXPOSED, unix: bool = True) -> Listener:
+    """The socket systemd passed for `address` if there is one (see the module docstring), else one bound now.
+    `where` and `exposed` as for listen_tcp; unix=False (the page: HTTP over TCP only) refuses a passed Unix
+    socket."""
+    where = where or f"output {printable(address.spec)!r}"
+    passed = passed_for(address, where)
     if passed is not None:
-        sock = passed.sock.dup()  # closing it leaves the passed one open: a reload can adopt it again
+        tcp = passed.sock.family != socket.AF_UNIX
+        if not (tcp or unix):
+            raise UserError(
+                f"{where}: the passed socket {printable(passed)} is a Unix socket; this needs a TCP one "
+                "(ListenStream=HOST:PORT)"
+            )
+        sock = passed.sock.dup()  # closing it leaves the passed one open: a reload or a restart adopts it again
         sock.setblocking(False)
-        return Listener(sock)
+        if tcp:
+            _warn_exposed(sock.getsockname()[0], where, exposed)
+        return Listener(sock, passed=passed)
     if address.kind == "systemd":
         have = ", ".join(map(str, passed_sockets())) or "none (not started by systemd with a socket unit)"
         raise UserError(
-            f"output {printable(address.spec)!r}: systemd passed no socket named {printable(address.name)!r} "
-            f"(passed: {printable(have)})"
+            f"{where}: systemd passed no socket named {printable(address.name)!r} (passed: {printable(have)})"
         )
-    return _listen_unix(address) if address.kind == "unix" else listen_tcp(address)
+    return _listen_unix(address) if address.kind == "unix" else listen_tcp(address, where, exposed)
 
 
 @dataclass(eq=False)
@@ -208,26 +234,28 @@ def _passed_socket(fd: int, name: str) -> Passed:
     return Passed(sock, name, sock.getsockname() if usable else None)
 
 
-def passed_for(a: Address) -> Passed | None:
-    """The passed socket an output at `a` uses: the one named so (systemd:NAME) or bound to that address; None if
-    there is none. UserError if systemd:NAME names a socket no output can use, or several."""
+def passed_for(a: Address, where: str = "") -> Passed | None:
+    """The passed socket an output (or the page) at `a` uses: the one named so (systemd:NAME) or bound to that
+    address; None if there is none. UserError if systemd:NAME names a socket no output can use, or several.
+    `where` names the address in messages (default: output 'SPEC')."""
     passed = passed_sockets()
     if not passed:
         return None
+    where = where or f"output {printable(a.spec)!r}"
     if a.kind == "systemd":
         named = [p for p in passed if p.name == a.name]
         if len(named) > 1:
             raise UserError(
-                f"output {printable(a.spec)!r}: {len(named)} passed sockets are named {printable(a.name)!r}: give "
-                "each its own socket unit and FileDescriptorName=, or use their addresses"
+                f"{where}: {len(named)} passed sockets are named {printable(a.name)!r}: give each its own socket "
+                "unit and FileDescriptorName=, or use their addresses"
             )
         if named and not named[0].address():
-            raise UserError(f"output {printable(a.spec)!r}: the passed socket {printable(named[0])} cannot serve")
+            raise UserError(f"{where}: the passed socket {printable(named[0])} cannot serve")
         return named[0] if named else None
     if a.kind == "unix":
         wanted = f"unix:{a.path}"
     else:  # the address as bound: tcp:localhost:7878 is tcp:127.0.0.1:7878
-        host = _resolve(a, f"output {printable(a.spec)!r}", passive=True)[1][0]
+        host = _resolve(a, where, passive=True)[1][0]
         wanted = str(Address(a.spec, "tcp", host=host, port=a.port))
     return next((p for p in passed if p.address() == wanted), None)
 
@@ -290,7 +318,7 @@ def _resolve(a: Address, where: str, passive: bool) -> tuple:
     return family, sockaddr
 
 
-def listen_tcp(a: Address, where: str = "", exposed: str = "events reach other hosts unencrypted") -> Listener:
+def listen_tcp(a: Address, where: str = "", exposed: str = EXPOSED) -> Listener:
     """A listening, non-blocking TCP socket; UserError if the port is busy or the host unknown. Not on loopback: a warning
     ending in `exposed` (what other hosts can now reach). `where` names the address in messages."""
     where = where or f"output {printable(a.spec)!r}"
@@ -306,12 +334,13 @@ def listen_tcp(a: Address, where: str = "", exposed: str = "events reach other h
         if e.errno == errno.EADDRINUSE:
             raise UserError(f"{where}: port {a.port} on {printable(a.host)} is in use (another emotiond?)") from None
         raise UserError(f"{where}: cannot listen on {printable(a.host)}:{a.port}: {e.strerror}") from None
-    if not ipaddress.ip_address(sockaddr[0].split("%")[0]).is_loopback:
-        say(
-            f"emotiond: warning: {where}: listening on {sockaddr[0]}, not loopback: {exposed}",
-            "warning",
-        )
+    _warn_exposed(sockaddr[0], where, exposed)
     return Listener(sock)
+
+
+def _warn_exposed(host: str, where: str, exposed: str) -> None:
+    if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+        say(f"emotiond: warning: {where}: listening on {host}, not loopback: {exposed}", "warning")
 
 
 def connect(a: Address, timeout: float = 5.0) -> socket.socket:

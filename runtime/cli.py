@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--http",
         metavar="[HOST:]PORT",
         help="serve a live page (annotated stream, expression bars, status) at http://HOST:PORT/ (HOST: "
-        "127.0.0.1) [output.http]",
+        "127.0.0.1); 'systemd:NAME' on the socket systemd passed (FileDescriptorName=NAME) [output.http]",
     )
     run.add_argument(
         "--emit", choices=["all", "faces"], help="events for all frames or only frames with faces [events.emit]"
@@ -237,7 +237,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         from runtime.addresses import parse_http_address
         from runtime.http_preview import read_credentials
 
-        parse_http_address(config.output.http)
+        parse_http_address(config.output.http)  # systemd:NAME: only its form, as for the outputs
         if config.output.http_auth_file:
             read_credentials(config.output.http_auth_file)
     if config.classifier.model:

@@ -319,8 +319,10 @@ class OutputConfig(_Section):
     )
     http: Text | None = Field(
         None,
-        description="Serve a live page at [HOST:]PORT (HOST: 127.0.0.1): the annotated stream, expression bars, "
-        "status and stats; also GET /events (Server-Sent Events), /stream.mjpg and /healthz; null: off.",
+        description="Serve a live page at [HOST:]PORT (HOST: 127.0.0.1; a TCP socket systemd passed for that "
+        "address is used) or on 'systemd:NAME' (the socket systemd passed with FileDescriptorName=NAME): the "
+        "annotated stream, expression bars, status and stats; also GET /events (Server-Sent Events), /stream.mjpg "
+        "and /healthz; null: off.",
     )
     http_auth_file: Text | None = Field(
         None,

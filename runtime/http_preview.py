@@ -12,7 +12,9 @@
 HEAD is answered too, without the body. On loopback, a Host naming neither localhost nor an IP address gets 421
 (DNS rebinding; runtime.http_guard, which also caps connections and request heads).
 
-Loopback by default; another address is warned about. Optional HTTP basic auth (output.http_auth_file).
+Loopback by default; another address is warned about. Optional HTTP basic auth (output.http_auth_file). Under
+socket activation the page takes up the TCP socket systemd passed for its address, or the one `systemd:NAME`
+names, as the socket outputs do (runtime.addresses): the port then accepts while the daemon restarts.
 
 Why the standard library's ThreadingHTTPServer: the daemon is threaded, and a thread per connection with plain
 blocking writes (each with a timeout) is the smallest correct fit: publish() only appends to per-client queues
@@ -34,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from runtime.addresses import listen_tcp, parse_http_address
+from runtime.addresses import listen, parse_http_address
 from runtime.errors import UserError, printable, secret_path
 from runtime.events import dropped_notice, encode
 from runtime.live import LiveView
@@ -91,9 +93,10 @@ def _remembered(line: bytes) -> tuple[str, int] | None:
 
 
 class HttpPreview(Publisher):
-    """Serves the page and its streams on `spec` ("[HOST:]PORT") from the frames of `live` and the event lines
-    given to publish(). `stop` (the daemon's stop flag): once set, no frame is encoded and MJPEG streams end;
-    /events goes on until close(), so its clients get the last status events."""
+    """Serves the page and its streams on `spec` ("[HOST:]PORT" or "systemd:NAME") from the frames of `live` and
+    the event lines given to publish(); `passed`: the socket systemd passed that it serves on, if any. `stop` (the
+    daemon's stop flag): once set, no frame is encoded and MJPEG streams end; /events goes on until close(), so its
+    clients get the last status events."""
 
     def __init__(
         self, spec: str, live: LiveView, auth_file: str | None = None, stop: threading.Event | None = None
@@ -107,9 +110,9 @@ class HttpPreview(Publisher):
         self._stop = stop or threading.Event()
         password = "behind the password" if self.credentials else "with no password (output.http_auth_file)"
         where = f"output.http {printable(spec)!r}"
-        listener = listen_tcp(
-            self.address, where, f"the page is reachable from other machines (unencrypted), {password}"
-        )
+        exposed = f"the page is reachable from other machines (unencrypted), {password}"
+        listener = listen(self.address, where, exposed, unix=False)
+        self.passed = listener.passed  # no output may take it too (runtime.outputs)
         host, port = listener.sock.getsockname()[:2]
         self.name = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
         self._lock = threading.Condition()  # /events: subscribers, their queues, the latest status and stats

@@ -4,7 +4,8 @@ output.mqtt changed). Fixed publishers (the `--http` page's event stream) stay a
 
 Sockets systemd passed (socket activation, runtime.addresses) outlive the outputs that use them: an output removed
 by a reload closes its duplicate only, and a later reload can take the socket up again. A passed socket that no
-output uses is one warning line, at the start and whenever a reload leaves it unused."""
+output uses (nor the page, a fixed publisher holding one as `passed`) is one warning line, at the start and whenever
+a reload leaves it unused; an output may not take up the page's."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class Outputs(Fanout):
     ) -> None:  # fmt: skip
         self.by_spec: dict[str, Publisher] = {}
         self.fixed = dict(fixed or {})  # by a name for stats; not in output.publishers, never reconfigured
+        # The sockets systemd passed that fixed publishers (the page) hold, by their names: neither idle nor free
+        self.held = {name: p.passed for name, p in self.fixed.items() if getattr(p, "passed", None) is not None}
         self.stop = stop  # a broker's first answer is not waited for once the daemon is stopping
         self.mqtt = mqtt or MqttConfig()
         self._hello: Callable[[], dict] | None = None
@@ -45,7 +48,7 @@ class Outputs(Fanout):
         UserError (having built nothing) if a new one cannot be made. Returns the specs added and removed, as
         "+spec" / "-spec" (a rebuilt one is both)."""
         specs = list(dict.fromkeys(s.strip() for s in specs))
-        refuse_duplicate_addresses(specs)
+        refuse_duplicate_addresses(specs, {passed.address(): name for name, passed in self.held.items()})
         mqtt = mqtt or self.mqtt
         added: dict[str, Publisher] = {}
         try:
@@ -70,7 +73,7 @@ class Outputs(Fanout):
         return [f"+{s}" for s in added] + [f"-{s}" for s in removed]
 
     def _warn_idle(self, specs: list[str]) -> None:
-        idle = idle_passed_sockets(specs)
+        idle = idle_passed_sockets(specs, list(self.held.values()))
         if fresh := [p for p in idle if p not in self._idle]:
             say(
                 f"emotiond: warning: systemd passed {printable(', '.join(map(str, fresh)))}, which no output uses "

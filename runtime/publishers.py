@@ -216,14 +216,15 @@ def make_publisher(
     raise UserError(f"output: unknown publisher {printable(specs[0])!r} ({EXPECTED})")
 
 
-def refuse_duplicate_addresses(specs: list[str]) -> None:
+def refuse_duplicate_addresses(specs: list[str], taken: dict[str, str] | None = None) -> None:
     # The second bind would fail as "in use by a running daemon" (ourselves): say what is really wrong. Two outputs
-    # on one socket systemd passed (its address and systemd:NAME) would each get some of the subscribers.
+    # on one socket systemd passed (its address and systemd:NAME) would each get some of the subscribers; so would
+    # an output and the page on it (`taken`: the addresses of passed sockets the page holds, by what holds them).
     # Two URLs of one broker and prefix would publish every event twice on the same topics.
     from runtime.addresses import parse_address, passed_for
     from runtime.mqtt import parse_url
 
-    seen: dict[str, str] = {}
+    seen: dict[str, str] = dict(taken or {})
     for s in specs:
         if s.partition(":")[0] in SOCKET_KINDS or is_mqtt(s):
             if is_mqtt(s):
@@ -254,10 +255,10 @@ def check_publishers(specs: list[str], settings: MqttConfig | None = None) -> No
     refuse_duplicate_addresses([s.strip() for s in specs])
 
 
-def idle_passed_sockets(specs: list[str]) -> list[Passed]:
-    """The sockets systemd passed that none of the outputs `specs` uses (runtime.addresses.passed_for): their
-    subscribers would wait unserved."""
+def idle_passed_sockets(specs: list[str], held: list[Passed] | None = None) -> list[Passed]:
+    """The sockets systemd passed that none of the outputs `specs` uses (runtime.addresses.passed_for), nor the
+    page (`held`): their subscribers would wait unserved."""
     from runtime.addresses import parse_address, passed_for, passed_sockets
 
-    used = [passed_for(parse_address(s)) for s in specs if s.partition(":")[0] in SOCKET_KINDS]
+    used = [passed_for(parse_address(s)) for s in specs if s.partition(":")[0] in SOCKET_KINDS] + (held or [])
     return [p for p in passed_sockets() if all(p is not u for u in used)]

@@ -3,11 +3,14 @@ unit does and, at the first connection, becomes `emotiond run` with the socket a
 and LISTEN_FDNAMES set. A subscriber waiting from before the start gets `hello` and then every event; the socket
 file is systemd's, left in place at a stop; a socket held across two runs (a restart) serves a subscriber that
 connected while no daemon ran; a reload that drops the output and one that restores it keep the socket; the
-refusals are one line and exit 2."""
+refusals are one line and exit 2. The `--http` page takes up a passed TCP socket alike: a request made before the
+daemon serves is answered (the Host check knows the address), its port never refuses across a reload and a restart,
+and a passed socket that cannot serve it is one line and exit 2."""
 
 from __future__ import annotations
 
 import fcntl
+import http.client
 import json
 import os
 import shutil
@@ -22,9 +25,12 @@ from pathlib import Path
 import pytest
 from socket_clients import Reader, connect_when_up, free_port, wait_for
 
-from runtime import systemd
-from runtime.addresses import parse_address
+from runtime import addresses, systemd
+from runtime.addresses import Passed, parse_address, parse_http_address
 from runtime.errors import UserError
+from runtime.http_page import WEB
+from runtime.http_preview import HttpPreview
+from runtime.live import LiveView
 
 ACTIVATE = shutil.which("systemd-socket-activate")
 TIMEOUT = 120
@@ -41,7 +47,7 @@ def activated(listen: str | Path, emotiond: Path, *args: str | Path, fdname: str
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def started_with(held: socket.socket, emotiond: Path, *args: str | Path) -> subprocess.Popen:
+def started_with(held: socket.socket, emotiond: Path, *args: str | Path, fdname: str = "events") -> subprocess.Popen:
     """What systemd does at each start of a service whose socket it holds: the socket becomes fd 3 of the new
     process, LISTEN_PID its pid (a small exec wrapper, as the pid is known only after the fork)."""
     fd = fcntl.fcntl(held.fileno(), fcntl.F_DUPFD_CLOEXEC, 10)  # above 3, whatever this process has open
@@ -49,7 +55,7 @@ def started_with(held: socket.socket, emotiond: Path, *args: str | Path) -> subp
         "import os, sys; os.dup2(int(sys.argv[1]), 3); os.close(int(sys.argv[1])); "
         "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])"
     )
-    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": "events"}
+    env = {**os.environ, "LISTEN_FDS": "1", "LISTEN_FDNAMES": fdname}
     try:
         return subprocess.Popen(
             [sys.executable, "-c", wrapper, str(fd), str(emotiond), *map(str, args)], stdout=subprocess.PIPE,
@@ -266,10 +272,189 @@ def test_systemd_addresses_name_a_passed_socket(emotiond, tmp_path):
             parse_address(spec)
     with pytest.raises(UserError, match="unknown scheme"):
         parse_address("systemd:events", role="address")  # `emotiond subscribe` connects: an address, not a name
+    page = parse_http_address("systemd:page")
+    assert (page.kind, page.name, str(page)) == ("systemd", "page", "systemd:page")
+    for spec in ("systemd:", "systemd:a:b", "systemd:page?queue=9"):
+        with pytest.raises(UserError, match=r"^output\.http .*\(?expected systemd:NAME"):
+            parse_http_address(spec)
     config = tmp_path / "c.yaml"
-    config.write_text("output:\n  publishers: ['stdout', 'systemd:events']\n")
+    config.write_text("output:\n  publishers: ['stdout', 'systemd:events']\n  http: systemd:page\n")
     run = subprocess.run(
         [str(emotiond), "check-config", "--config", str(config)], capture_output=True, text=True, timeout=60,
         check=False,
     )  # fmt: skip
     assert run.returncode == 0 and run.stderr == "", "ExecStartPre= is passed no socket: the name is not checked"
+
+
+# --- the `--http` page on a passed socket --------------------------------------------------------------------------
+
+
+def ask(sock: socket.socket, host: str, path: str = "/") -> None:
+    """Send one page request on a connected socket, whether or not a daemon serves it yet."""
+    sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+
+
+def answer(sock: socket.socket, timeout: float = 30) -> tuple[int, bytes]:
+    """(status, body) of the answer to ask(); the server closes the connection after it (HTTP/1.0)."""
+    sock.settimeout(timeout)
+    with sock:
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, response.read()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("http", ["systemd:page", "{port}"])  # by its name, by its address
+def test_a_page_request_made_before_the_daemon_serves_is_answered(
+    emotiond, model_dir, detector_model, test_video, http
+):
+    port = free_port()
+    args = (*run_args(model_dir, test_video.path), "--http", http.format(port=port))
+    proc = activated(f"127.0.0.1:{port}", emotiond, *args, fdname="page")
+    page = connect_when_up(("127.0.0.1", port), timeout=10)  # the first connection starts the daemon
+    ask(page, f"127.0.0.1:{port}")
+    rebound = socket.create_connection(("127.0.0.1", port))
+    ask(rebound, f"rebind.example:{port}")  # a site's name pointed at 127.0.0.1: refused on loopback (421)
+    assert answer(page) == (200, (WEB / "index.html").read_bytes())
+    assert answer(rebound)[0] == 421, "the Host check knows the passed socket is on loopback"
+    _, err = finish(proc)  # were the port bound anew, that would fail: in use
+    assert err.splitlines()[0] == f"emotiond: live page at http://127.0.0.1:{port}/", err
+    assert err.count("\n") == 2 and err.splitlines()[1].startswith("emotiond: eos: "), "no passed socket is idle"
+
+
+@pytest.mark.slow
+def test_the_page_port_never_refuses_across_a_reload_and_a_restart(
+    emotiond, model_dir, detector_model, long_clip, tmp_path
+):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"source:\n  uri: {long_clip}\n  realtime: true\nclassifier:\n  model: {model_dir}\n"
+        "output:\n  http: systemd:page\n"
+    )
+    probes: list[object] = []  # /healthz from a client that asks all the time: a status, or what went wrong
+    stop = threading.Event()
+    procs: list[subprocess.Popen] = []
+
+    def probe(port: int) -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                    ask(sock, f"127.0.0.1:{port}", "/healthz")
+                    probes.append(answer(sock)[0])
+            except (OSError, http.client.HTTPException) as e:
+                probes.append(type(e).__name__)
+            stop.wait(0.01)
+
+    def start() -> tuple[subprocess.Popen, list[str]]:
+        proc = started_with(held, emotiond, "run", "--config", config, fdname="page")
+        procs.append(proc)
+        errors: list[str] = []
+        threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+        threading.Thread(target=lambda: proc.stdout.read(), daemon=True).start()  # the events
+        assert wait_for(lambda: any("live page at" in e for e in errors), timeout=60), errors  # signals handled
+        return proc, errors
+
+    def answered_again() -> bool:
+        """A few more probes answered from now on."""
+        count = len(probes)
+        return wait_for(lambda: len(probes) > count + 2 and probes[-1] in (200, 503), timeout=10)
+
+    with socket.socket() as held:  # systemd's copy, kept while the service stops and starts
+        held.bind(("127.0.0.1", 0))
+        held.listen(64)
+        port = held.getsockname()[1]
+        prober = threading.Thread(target=probe, args=(port,), daemon=True)
+        prober.start()
+        try:
+            first, errors = start()
+            first.send_signal(signal.SIGHUP)
+            assert wait_for(lambda: any("emotiond: reloaded" in e for e in errors), timeout=30), errors
+            assert answered_again(), probes[-3:]
+            first.send_signal(signal.SIGTERM)
+            assert first.wait(timeout=15) == 0, errors
+            assert not any("which no output uses" in e for e in errors), errors
+            waiting = socket.create_connection(("127.0.0.1", port))  # while no daemon runs: never refused
+            ask(waiting, f"127.0.0.1:{port}", "/healthz")
+            second, errors = start()
+            assert answer(waiting)[0] in (200, 503), "answered by the next daemon"
+            assert answered_again(), probes[-3:]
+            stop.set()  # before the last stop: with no daemon to come, a probe would wait in vain
+            prober.join(timeout=10)
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(timeout=15) == 0, errors
+        finally:
+            stop.set()
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+    assert probes and set(probes) <= {200, 503}, [p for p in probes if p not in (200, 503)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("passed", ["another name", "nothing", "a Unix socket", "an output on it too"])
+def test_a_passed_socket_the_page_cannot_use_is_one_line_and_exit_2(emotiond, model_dir, test_video, tmp_path, passed):
+    port, path = free_port(), tmp_path / "page.sock"
+    args = (*run_args(model_dir, test_video.path), "--http", "systemd:page")
+    where = "error: output.http 'systemd:page': "
+    if passed == "nothing":
+        proc = subprocess.Popen(
+            [str(emotiond), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        expected = (
+            where + "systemd passed no socket named 'page' (passed: none (not started by systemd with a socket unit))"
+        )
+    elif passed == "a Unix socket":
+        proc = activated(path, emotiond, *args, fdname="page")
+        socket_file(path)
+        connect(path).close()
+        expected = (
+            where
+            + f"the passed socket page (unix:{path}) is a Unix socket; this needs a TCP one (ListenStream=HOST:PORT)"
+        )
+    else:
+        output = ("--output", f"tcp:{port}") if passed == "an output on it too" else ()
+        proc = activated(f"127.0.0.1:{port}", emotiond, *args, *output, fdname="other" if output == () else "page")
+        connect_when_up(("127.0.0.1", port), timeout=10).close()
+        expected = (
+            f"error: output: 'tcp:{port}' and 'http://127.0.0.1:{port}' are the same address"
+            if output
+            else where + f"systemd passed no socket named 'page' (passed: other (tcp:127.0.0.1:{port}))"
+        )
+    out, err = finish(proc, code=2)
+    assert out == "" and err == expected + "\n", err
+
+
+@pytest.fixture
+def passed_page(monkeypatch):
+    """passed_page(host) -> a listening TCP socket on host, as if systemd had passed it named `page`."""
+    held: list[socket.socket] = []
+
+    def make(host: str) -> socket.socket:
+        sock = socket.socket()
+        sock.bind((host, 0))
+        sock.listen()
+        held.append(sock)
+        monkeypatch.setattr(addresses, "_passed", [Passed(sock, "page", sock.getsockname())])
+        return sock
+
+    yield make
+    for sock in held:
+        sock.close()
+
+
+def test_closing_the_page_leaves_the_passed_socket_listening(passed_page):
+    sock = passed_page("127.0.0.1")
+    port = sock.getsockname()[1]
+    preview = HttpPreview(str(port), LiveView())  # by its address
+    assert preview.passed is addresses.passed_sockets()[0]
+    preview.close()
+    with socket.create_connection(("127.0.0.1", port), timeout=5):  # systemd's copy: a restart takes it up again
+        pass
+
+
+def test_a_passed_socket_off_loopback_is_warned_about_as_a_bound_one(passed_page, capsys):
+    passed_page("0.0.0.0")
+    HttpPreview("systemd:page", LiveView()).close()
+    (warning,) = capsys.readouterr().err.splitlines()
+    assert warning.startswith("emotiond: warning: output.http 'systemd:page': listening on 0.0.0.0, not loopback")
+    assert "reachable from other machines" in warning and "with no password" in warning, warning
