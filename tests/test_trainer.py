@@ -15,7 +15,7 @@ import torch
 from runtime.errors import UserError
 from runtime.labels import LABELS
 from runtime.manifest import sha256_file
-from runtime.preprocess import DEFAULT_SPEC, preprocess
+from runtime.preprocess import DEFAULT_SPEC, center_crop, preprocess, standardize
 from trainer import checkpoint, data
 from trainer.config import TrainConfig, load_config
 from trainer.distill import Teacher, distill_loss, load_teacher, soften
@@ -128,6 +128,51 @@ def test_cutmix_pastes_a_box_from_another_face_and_weights_the_loss_by_area():
     y = torch.tensor([0, 1, 2, 3])
     assert mixed_loss(lambda t: t.float().sum(), y, how) == pytest.approx(lam * 6 + (1 - lam) * 6)
     assert cutmix(x, AugmentConfig(cutmix_p=0.0), g) == (x, None)
+
+
+def test_downscaled_faces_lose_their_fine_detail_and_only_when_asked(small_fer):
+    from trainer.augment import augment_batch
+    from trainer.config import AugmentConfig
+
+    faces = torch.from_numpy(standardize(data.load(small_fer).split("PublicTest").images[:16], DEFAULT_SPEC))
+    faces = faces.unsqueeze(1)  # the trainer's input: whole standardized faces, cropped by augment_batch
+    plain = dict(rotate_deg=0, scale=(1, 1), translate_px=0, flip=False, brightness=0, contrast=0, erase_p=0)
+
+    def detail(x):  # mean squared Laplacian: what a lower resolution takes away
+        k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]]).view(1, 1, 3, 3)
+        return torch.nn.functional.conv2d(x, k).pow(2).mean().item()
+
+    size = DEFAULT_SPEC.crop
+    centre = torch.from_numpy(center_crop(faces[:, 0].numpy(), DEFAULT_SPEC))
+    same = augment_batch(faces, size, AugmentConfig(**plain), torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, centre, atol=1e-5, rtol=0)  # with nothing on: the centre crop
+    cfg = AugmentConfig(**plain, downscale_p=1.0, downscale_px=(12, 12))
+    soft = augment_batch(faces, size, cfg, torch.Generator().manual_seed(0))
+    assert detail(soft) < 0.2 * detail(centre)
+    small = torch.nn.functional.interpolate(centre, size=(12, 12), mode="area")
+    torch.testing.assert_close(soft, torch.nn.functional.interpolate(small, size=(size, size), mode="bilinear"))
+    half = augment_batch(faces, size, cfg.model_copy(update={"downscale_p": 0.5}), torch.Generator().manual_seed(1))
+    changed = (half - centre).abs().flatten(1).max(1).values > 1e-4
+    assert 0 < changed.sum() < len(faces)
+    with pytest.raises(ValueError, match="lowest <= highest"):
+        AugmentConfig(downscale_px=(30, 20))
+
+
+def test_a_run_can_start_from_a_checkpoints_weights(small_fer, tmp_path, capsys):
+    run(quick_config(small_fer, tmp_path / "a", epochs=1))
+    source = checkpoint.load(tmp_path / "a" / "best.pt")
+    # a learning rate of almost nothing: the weights it ends with are those it started from
+    tuned = run(quick_config(small_fer, tmp_path / "b", f"init={tmp_path / 'a' / 'best.pt'}", "lr=1e-9",
+                             "ema_decay=0", epochs=1))  # fmt: skip
+    assert "starting from the weights of" in capsys.readouterr().err
+    weights = checkpoint.load(tmp_path / "b" / "best.pt")["model"]
+    convs = [k for k in weights if k.endswith("weight") and weights[k].dim() == 4]
+    assert convs and all(torch.allclose(weights[k], source["model"][k], atol=1e-6) for k in convs)
+    assert tuned["history"][0]["val_acc"] == pytest.approx(source["metrics"]["PublicTest"]["accuracy"], abs=0.02)
+    with pytest.raises(UserError, match=r"init: .* is vgg .*'width': 16.*this run vgg .*'width': 8"):
+        run(quick_config(small_fer, tmp_path / "c", f"init={tmp_path / 'a' / 'best.pt'}", "model.width=8", epochs=1))
+    with pytest.raises(UserError, match=r"init: checkpoint not found"):
+        run(quick_config(small_fer, tmp_path / "d", f"init={tmp_path / 'none.pt'}", epochs=1))
 
 
 def test_distillation_targets_are_the_teachers_tempered_probabilities():

@@ -33,6 +33,9 @@ def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Gener
     grid = F.affine_grid(theta, [n, 1, crop, crop], align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
+    if cfg.downscale_p > 0:  # drawn only when on: runs without it keep their random stream
+        out = _downscale(out, cfg, g)
+
     contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g).view(n, 1, 1, 1)
     brightness = _uniform(n, -cfg.brightness, cfg.brightness, g).view(n, 1, 1, 1)
     out = out * contrast + brightness
@@ -56,6 +59,21 @@ def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Gener
         noise = torch.randn(out.shape, generator=g)
         out = torch.where(box.unsqueeze(1), noise, out)
     return out
+
+
+def _downscale(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    """A share of the faces shrunk to a random side (one per batch) and enlarged back: a camera's distant face has
+    fewer pixels than the crop, and the runtime enlarges it; the real photos' crops are softer than FER2013's
+    (median Laplacian variance about 1,400 against 2,150)."""
+    n, _, h, w = x.shape
+    pick = torch.rand(n, generator=g) < cfg.downscale_p
+    side = int(torch.randint(cfg.downscale_px[0], cfg.downscale_px[1] + 1, (1,), generator=g))
+    if not pick.any() or side >= h:
+        return x
+    small = F.interpolate(x[pick], size=(side, side), mode="area")
+    x = x.clone()
+    x[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return x
 
 
 def cutmix(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, tuple | None]:

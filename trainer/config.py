@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from runtime.errors import UserError
 
@@ -39,8 +39,17 @@ class AugmentConfig(Strict):
     contrast: float = Field(0.2, ge=0, lt=1, description="max relative contrast change")
     erase_p: float = Field(0.5, ge=0, le=1, description="probability of random erasing")
     erase_area: tuple[float, float] = Field((0.02, 0.2), description="erased fraction of the crop")
+    downscale_p: float = Field(0.0, ge=0, le=1, description="share of faces seen at a lower resolution (0 = off)")
+    downscale_px: tuple[int, int] = Field((20, 36), description="side range of that lower resolution, in pixels")
     cutmix_p: float = Field(0.0, ge=0, le=1, description="share of batches mixed with CutMix (0 = off)")
     cutmix_alpha: float = Field(1.0, gt=0, le=10, description="Beta(alpha, alpha) of the kept share")
+
+    @field_validator("downscale_px")
+    @classmethod
+    def _side_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 4 <= v[0] <= v[1]:
+            raise ValueError("needs 4 <= lowest <= highest")
+        return v
 
 
 class DistillConfig(Strict):
@@ -58,6 +67,9 @@ class TrainConfig(Strict):
     out: str = Field("models/default", description="run directory: checkpoints, log, reports")
     arch: Literal["vgg", "resnet"] = "vgg"
     model: ModelConfig = ModelConfig()
+    init: str | None = Field(
+        None, description="checkpoint whose weights the run starts from (fine-tuning); null = random"
+    )
     epochs: int = Field(60, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=4096)
     optimizer: Literal["sgd", "adamw"] = "sgd"

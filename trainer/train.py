@@ -195,7 +195,10 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
             )
 
     model_args = {**cfg.model.model_dump(), "depths": list(cfg.model.depths)}
-    model = build_model(cfg.arch, **model_args).to(memory_format=torch.channels_last)
+    model = build_model(cfg.arch, **model_args)
+    if cfg.init and state is None:  # a resumed run has its own weights
+        _start_from(model, cfg.init, cfg.arch, model_args)
+    model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
@@ -281,6 +284,24 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
             flush=True,
         )
     return {"best_acc": best_acc, "history": history, "out": str(out)}
+
+
+def _start_from(model: torch.nn.Module, path: str, arch: str, model_args: dict) -> None:
+    """Fine-tuning: the inference weights of checkpoint `path`, which must be this run's architecture."""
+    try:
+        ckpt = checkpoint.load(path)
+    except UserError as e:
+        raise UserError(f"init: {e}") from None
+    if (their_spec := checkpoint.spec(ckpt, path)) != DEFAULT_SPEC:
+        raise UserError(f"init: {path} preprocesses faces as {their_spec}, this version as {DEFAULT_SPEC}")
+    theirs = (
+        ckpt.get("arch"),
+        {**ckpt.get("model_args", {}), "depths": list(ckpt.get("model_args", {}).get("depths", []))},
+    )
+    if theirs != (arch, model_args):
+        raise UserError(f"init: {path} is {theirs[0]} {theirs[1]}, this run {arch} {model_args}")
+    model.load_state_dict(ckpt["model"])
+    print(f"starting from the weights of {path} (epoch {ckpt.get('epoch')})", file=sys.stderr)
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
