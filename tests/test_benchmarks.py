@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import classifier as classifier_bench
@@ -51,7 +52,12 @@ def test_latency_quick_mode_reports_every_stage_engine_and_comparison(model_dir,
     assert set(fits) == {f"{r['engine']}, {r['threads']} thread(s)" for r in result["runs"]}
     for fit in fits.values():
         assert "1" in fit["medians_ms_by_faces"] and len(fit["medians_ms_by_faces"]) >= 2, fit
-        assert fit["per_face_ms"] > 0, fit  # each face adds a crop, two network inputs and a record
+        # the line through the medians it reports (its sign is a measurement: a loaded machine's 30 frames can
+        # tilt it either way; the benchmark's own runs, not this quick one, say what a face costs)
+        counts = [int(k) for k in fit["medians_ms_by_faces"]]
+        slope, intercept = np.polyfit(counts, list(fit["medians_ms_by_faces"].values()), 1,
+                                      w=np.sqrt(list(fit["frames_by_faces"].values())))  # fmt: skip
+        assert (fit["per_face_ms"], fit["per_frame_ms"]) == pytest.approx((slope, intercept), abs=0.01), fit
     # the work after detection in three machine states, with and without flip TTA, on the same frames
     states = result["after_detection_states"]
     assert set(states) == set(latency.TTA_SETTINGS)

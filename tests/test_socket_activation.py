@@ -75,9 +75,19 @@ def finish(proc: subprocess.Popen, code: int = 0) -> tuple[str, str]:
     return out, err
 
 
+def listening(path: Path) -> bool:
+    """A socket at `path` accepts connections: bound and listening (/proc/net/unix: flag __SO_ACCEPTCON). The file
+    appears at bind(), a moment before listen(): a connection in between is refused."""
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8 and fields[7] == str(path) and int(fields[3], 16) & 0x10000:
+            return True
+    return False
+
+
 def socket_file(path: Path) -> int:
-    """The inode of the socket file at `path`, once there is one."""
-    assert wait_for(path.exists, timeout=10), f"nothing listens at {path}"
+    """The inode of the socket file at `path`, once a socket listens there."""
+    assert wait_for(lambda: listening(path), timeout=10), f"nothing listens at {path}"
     st = os.lstat(path)
     assert stat.S_ISSOCK(st.st_mode)
     return st.st_ino
