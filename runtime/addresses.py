@@ -332,10 +332,19 @@ def listen_tcp(a: Address, where: str = "", exposed: str = EXPOSED) -> Listener:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise UserError(f"{where}: port {a.port} on {printable(a.host)} is in use (another emotiond?)") from None
+            raise UserError(f"{where}: port {a.port} on {printable(a.host)} is in use ({_holder(a.port)})") from None
         raise UserError(f"{where}: cannot listen on {printable(a.host)}:{a.port}: {e.strerror}") from None
     _warn_exposed(sockaddr[0], where, exposed)
     return Listener(sock)
+
+
+def _holder(port: int) -> str:
+    """Who may hold the port: a socket systemd passed on it at another address (ListenStream=PORT binds all of
+    them, [::], where tcp:PORT means 127.0.0.1), else another daemon."""
+    for p in passed_sockets():
+        if p.address().startswith("tcp:") and p.address().rpartition(":")[2] == str(port):
+            return f"systemd passed {printable(p)} on that port: name it systemd:{printable(p.name)}"
+    return "another emotiond?"
 
 
 def _warn_exposed(host: str, where: str, exposed: str) -> None:

@@ -183,6 +183,20 @@ def test_a_passed_tcp_socket_is_used_by_the_output_of_its_address(emotiond, mode
     assert len(out.splitlines()) == len(reader.events())
 
 
+def test_a_port_systemd_holds_on_all_addresses_names_the_socket_to_use(emotiond, model_dir, test_video):
+    # ListenStream=PORT binds [::]:PORT, and tcp:PORT means 127.0.0.1:PORT: not the passed socket, and its port is
+    # taken by systemd's. The error says which output would use it.
+    port = free_port()
+    proc = activated(str(port), emotiond, *run_args(model_dir, test_video.path, f"tcp:{port}"))
+    with connect_when_up(("127.0.0.1", port), timeout=10):  # the first connection starts the daemon
+        out, err = finish(proc, code=2)
+    assert err.splitlines() == [
+        f"error: output 'tcp:{port}': port {port} on 127.0.0.1 is in use (systemd passed events (tcp:[::]:{port}) "
+        "on that port: name it systemd:events)"
+    ]
+    assert out == ""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("passed", ["another name", "nothing"])
 def test_systemd_name_without_such_a_socket_is_one_line_and_exit_2(emotiond, model_dir, test_video, tmp_path, passed):
