@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -73,12 +74,16 @@ def test_resumed_run_continues_with_the_same_state(small_fer, tmp_path):
     split = tmp_path / "split"
     run(quick_config(small_fer, split, epochs=3), stop_after=2)
     assert checkpoint.load(split / "last.pt")["epoch"] == 2
-    run(quick_config(small_fer, split, epochs=3), resume=True)
-    a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(split / "last.pt")
+    moved = tmp_path / "moved"  # a run continued on another machine or in another folder lives on there
+    shutil.copytree(split, moved)
+    run(quick_config(small_fer, moved, epochs=3), resume=True)
+    a, b = checkpoint.load(straight / "last.pt"), checkpoint.load(moved / "last.pt")
     assert b["epoch"] == 3 and [h["epoch"] for h in b["history"]] == [1, 2, 3]
     for key in a["train_model"]:
         assert torch.allclose(a["train_model"][key].float(), b["train_model"][key].float(), atol=1e-5), key
-    assert (split / "log.csv").read_text().count("\n") == 4  # header + 3 epochs
+    assert (moved / "log.csv").read_text().count("\n") == 4  # header + 3 epochs
+    assert b["config"]["out"] == str(moved) and f"out: {moved}" in (moved / "config.yaml").read_text()
+    assert checkpoint.load(split / "last.pt")["epoch"] == 2
 
 
 def test_checkpoint_describes_itself(small_fer, tmp_path):

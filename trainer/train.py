@@ -143,7 +143,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
         if resumed_spec != DEFAULT_SPEC:
             raise UserError(f"{last_path} preprocesses faces as {resumed_spec}, this version as {DEFAULT_SPEC}")
         saved = {k: v for k, v in state["config"].items() if k not in LEGACY_KEYS}  # input_blur: the spec decides
-        cfg = TrainConfig.model_validate(saved | {"epochs": cfg.epochs})
+        cfg = TrainConfig.model_validate(saved | {"epochs": cfg.epochs, "out": cfg.out})  # a moved run lives on here
 
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
