@@ -342,7 +342,7 @@ def _holder(port: int) -> str:
     """Who may hold the port: a socket systemd passed on it at another address (ListenStream=PORT binds all of
     them, [::], where tcp:PORT means 127.0.0.1), else another daemon."""
     for p in passed_sockets():
-        if p.address().startswith("tcp:") and p.address().rpartition(":")[2] == str(port):
+        if p.local is not None and p.sock.family != socket.AF_UNIX and p.local[1] == port:  # (host, port, ...)
             return f"systemd passed {printable(p)} on that port: name it systemd:{printable(p.name)}"
     return "another emotiond?"
 
