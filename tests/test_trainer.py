@@ -178,6 +178,13 @@ def test_a_run_can_start_from_a_checkpoints_weights(small_fer, tmp_path, capsys)
         run(quick_config(small_fer, tmp_path / "c", f"init={tmp_path / 'a' / 'best.pt'}", "model.width=8", epochs=1))
     with pytest.raises(UserError, match=r"init: checkpoint not found"):
         run(quick_config(small_fer, tmp_path / "d", f"init={tmp_path / 'none.pt'}", epochs=1))
+    other = _with_preprocess(tmp_path / "a" / "best.pt", tmp_path / "other.pt", std_floor=0.05)
+    with pytest.raises(UserError, match=r"init: .*other\.pt preprocesses faces as .*0\.05.*, this version as"):
+        run(quick_config(small_fer, tmp_path / "e", f"init={other}", epochs=1))
+    resumable = tmp_path / "a" / "last.pt"
+    _with_preprocess(resumable, resumable, std_floor=0.05)
+    with pytest.raises(UserError, match=r"a/last\.pt preprocesses faces as .*0\.05.*, this version as"):
+        run(quick_config(small_fer, tmp_path / "a", epochs=2), resume=True)
 
 
 def test_distillation_targets_are_the_teachers_tempered_probabilities():

@@ -10,7 +10,7 @@ from torch import nn
 
 from runtime.errors import UserError
 from runtime.labels import LABELS
-from runtime.preprocess import BlurredSpecError, PreprocessSpec
+from runtime.preprocess import DEFAULT_SPEC, BlurredSpecError, PreprocessSpec
 from trainer.models import build_model
 
 FORMAT = "emotiond-checkpoint/1"
@@ -61,3 +61,11 @@ def spec(ckpt: dict, path: str | Path = "checkpoint") -> PreprocessSpec:
         raise UserError(f"{path}: {e}") from None
     except (KeyError, TypeError):
         raise UserError(f"{path}: unsupported preprocessing spec: {ckpt.get('preprocess')!r}") from None
+
+
+def require_spec(ckpt: dict, path: str | Path, role: str = "") -> PreprocessSpec:
+    """The checkpoint's spec if it is this version's (DEFAULT_SPEC); else one line naming both (`role`: "init: ")."""
+    theirs = spec(ckpt, path)
+    if theirs != DEFAULT_SPEC:
+        raise UserError(f"{role}{path} preprocesses faces as {theirs}, this version as {DEFAULT_SPEC}")
+    return theirs

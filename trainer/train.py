@@ -139,9 +139,7 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     if resume and state is None:
         raise UserError(f"nothing to resume in {out}")
     if state is not None:
-        resumed_spec = checkpoint.spec(state, last_path)  # refuses a run trained on blurred faces (old blur_sigma)
-        if resumed_spec != DEFAULT_SPEC:
-            raise UserError(f"{last_path} preprocesses faces as {resumed_spec}, this version as {DEFAULT_SPEC}")
+        checkpoint.require_spec(state, last_path)  # refuses a run trained on blurred faces (old blur_sigma)
         saved = {k: v for k, v in state["config"].items() if k not in LEGACY_KEYS}  # input_blur: the spec decides
         cfg = TrainConfig.model_validate(saved | {"epochs": cfg.epochs, "out": cfg.out})  # a moved run lives on here
 
@@ -292,8 +290,7 @@ def _start_from(model: torch.nn.Module, path: str, arch: str, model_args: dict) 
         ckpt = checkpoint.load(path)
     except UserError as e:
         raise UserError(f"init: {e}") from None
-    if (their_spec := checkpoint.spec(ckpt, path)) != DEFAULT_SPEC:
-        raise UserError(f"init: {path} preprocesses faces as {their_spec}, this version as {DEFAULT_SPEC}")
+    checkpoint.require_spec(ckpt, path, "init: ")
     theirs = (
         ckpt.get("arch"),
         {**ckpt.get("model_args", {}), "depths": list(ckpt.get("model_args", {}).get("depths", []))},
