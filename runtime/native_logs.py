@@ -16,13 +16,13 @@ import sys
 import threading
 
 # "INFO: [environment.cc:36] ...", "WARNING: Logging before InitGoogle() ...", glog's "I0000 00:00:..." / "W0000 ...";
-# and the --show window's Qt: its note on GNOME's Wayland sessions (it uses X11 there, as we want), and what it says
-# when its timers end with the thread that owns the window rather than with the main thread. Qt's errors (it cannot
-# reach the display, the connection broke) pass.
+# and the --show window's Qt (its process inherits this fd 2, runtime/window_child.py): its note on GNOME's Wayland
+# sessions (it uses X11 there, as we want), and its last words when the X server goes away, which the daemon says in
+# a line of its own. Qt's other errors pass.
 _NOISE = re.compile(
     rb"^(INFO: |WARNING: Logging before InitGoogle|[IW]\d{4} \d\d:\d\d:\d\d"
     rb"|Warning: Ignoring XDG_SESSION_TYPE=wayland on Gnome"
-    rb"|QObject::(killTimer|~QObject): Timers cannot be stopped from another thread)"
+    rb"|The X11 connection broke \(error \d+\)\. Did the X11 server die\?)"
 )
 _installed = False
 

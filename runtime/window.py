@@ -2,68 +2,81 @@
 as SIGINT does, Space saves what is on screen as a PNG in the current directory, the window manager's close button
 counts as q.
 
-One thread owns every GUI call of OpenCV (Qt wants its widgets and events in the thread that created them). It only
-reads the latest frame, so a slow screen skips frames and never slows the pipeline.
+The window lives in a process of its own (runtime/window_child.py, through runtime/window_pipe.py): Qt ends the
+process that holds its window when the X server goes away, and no check before each GUI call can always come
+first. Here the daemon only sees the pipe close; if its own link to the X server (runtime/x11.py) has broken too,
+the display went away and the daemon stops as on SIGINT, every event written; else it goes on without the window.
+The window gets a frame only when it asks for one, the latest: a slow screen skips frames, never slows the pipeline.
 
-Before any of that, the display is checked here: OpenCV's Qt aborts the whole process (SIGABRT, a core dump) when
-it cannot reach the X server or load its plugin, which must be one line and exit 2 instead, before MediaPipe loads.
-A link of our own to the X server (runtime/x11.py) then watches for what Qt handles badly: the server going away,
-and a new window that stays black.
+Before any of that, the display is checked here: OpenCV's Qt aborts the process (SIGABRT, a core dump) when it
+cannot reach the X server or load its plugin, which must be one line and exit 2 instead, before MediaPipe loads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
 import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import cv2
-import numpy as np
 
-from runtime.errors import UserError, printable, say
+from runtime.errors import UserError, say
 from runtime.live import LiveView
+from runtime.window_pipe import parse_message, send_frame
 from runtime.x11 import XLink
 
-_QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27: Esc
-_SNAPSHOT_KEY = ord(" ")
-# The loop waits in Python and only dips into Qt (imshow, waitKey) briefly: Qt learns of a dead X server while it
-# runs and then ends the process, so our own check before each dip (runtime/x11.py) must nearly always come first.
-_FRAME_WAIT_S = 0.02  # between frames, the longest the window's events (keys, repaints) wait
-_KEY_WAIT_MS = 1
+_WAKE_S = 0.05  # how often the sender looks at the stop flag while it waits for a request or a frame
 _SHOW_INTERVAL_S = 1 / 60  # at most ~60 frames/s reach the screen (what it shows); the others are skipped
-_START_TIMEOUT_S = 10.0  # Qt's start takes ~0.2 s; a busy machine may take longer, and then we go on without it
+_START_TIMEOUT_S = 10.0  # Python, cv2 and Qt start in ~0.5 s; a busy machine may take longer, and we go on without
+_END_TIMEOUT_S = 1.0  # for the window's process to close at EOF, before it is killed
 _JOIN_TIMEOUT_S = 1.0
-_WAITING_GRAY = 40  # the waiting image's background: how we know the window shows it (runtime/x11.py)
-_PAINT_WAIT_S = 0.5  # how long a new window may take to show its first image before it is mapped again
-_PAINT_TRIES = 4
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding runtime/
+_LOSS_GRACE_S = 0.5  # the window's process may see the X server go a moment before our own link does
 
 
 class Window:
     """Window(live, on_quit, title) as a context manager: a window showing `live`'s frames while the block runs.
-    UserError from the constructor (no display, no GUI in OpenCV) or from __enter__ (the window cannot open)."""
+    UserError from the constructor (no display, no GUI in OpenCV) or from __enter__ (the window cannot open).
+    Enter it from the main thread: the window's process is killed when the thread that started it ends."""
 
     def __init__(self, live: LiveView, on_quit: Callable[[], None], title: str) -> None:
         self._x = check_display()
         self._live = live
         self._on_quit = on_quit
         self._title = title
+        self._child: subprocess.Popen | None = None
         self._quit_sent = False
-        self._display_lost = False  # then no GUI call may be made again: Qt would end the process
         self._stop = threading.Event()
+        self._wanted = threading.Event()  # the window asked for a frame
         self._started = threading.Event()  # the window is on screen, or failed to open (then _failure says why)
         self._failure: str | None = None
         self._gone_on = False  # __enter__ stopped waiting for the window: a later failure is told as a warning
         self._start_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="window", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="window-reader", daemon=True)
+        self._sender = threading.Thread(target=self._send, name="window-sender", daemon=True)
 
     def __enter__(self) -> Window:
-        self._thread.start()
+        # Our package, not whatever the daemon's current directory holds (`-m` would put that first on sys.path).
+        start = f"import sys; sys.path[0] = {str(_PACKAGE_ROOT)!r}; from runtime.window_child import main; "
+        start += "sys.exit(main(sys.argv[1:]))"
+        command = [sys.executable, "-c", start, self._title, str(os.getpid())]
+        try:  # a session of its own: a terminal's signals (Ctrl-C) are for the daemon, which then closes the window
+            self._child = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+            )
+        except OSError as e:
+            self.close()
+            raise UserError(f"--show: cannot start the window's process: {e.strerror or e}") from None
+        self._reader.start()
+        self._sender.start()
         self._started.wait(_START_TIMEOUT_S)
         with self._start_lock:  # a failure comes before this (an error here) or after (a warning there), once
             self._gone_on = True
@@ -77,87 +90,91 @@ class Window:
         self.close()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(_JOIN_TIMEOUT_S)
-        if self._x is not None and not self._thread.is_alive():
+        self._stop.set()  # the sender then closes the window's stdin: EOF tells the window to end
+        if self._child is not None:
+            try:
+                self._child.wait(_END_TIMEOUT_S)
+            except subprocess.TimeoutExpired:  # a frozen window (its sender may be stuck writing to it)
+                self._child.kill()
+                self._child.wait()
+            for thread in (self._sender, self._reader):
+                if thread.is_alive():
+                    thread.join(_JOIN_TIMEOUT_S)
+        if self._x is not None and not self._reader.is_alive():
             self._x.close()
 
-    def _run(self) -> None:
+    def _send(self) -> None:
+        """Hands the window the latest frame whenever it asks for one; closes its stdin at close()."""
+        sent_version, sent_at = 0, 0.0
         try:
-            cv2.namedWindow(self._title, cv2.WINDOW_AUTOSIZE | cv2.WINDOW_GUI_NORMAL)  # no toolbar, no status bar
-            cv2.imshow(self._title, _waiting_image())
-            self._make_sure_it_paints()
-        except cv2.error as e:
-            with self._start_lock:
-                self._failure = " ".join(str(e).split())
-                late = self._gone_on
-            self._started.set()
-            if late:  # Qt took longer than _START_TIMEOUT_S, then failed: nobody waits for _failure any more
-                say(f"emotiond: the window could not open, the daemon goes on without it: {self._failure}", "warning")
-            return
-        self._started.set()
-        try:
-            self._show_frames()
-        except cv2.error as e:  # Qt gave up: the daemon goes on without its window
-            say(f"emotiond: the window failed and is gone, the daemon goes on: {' '.join(str(e).split())}", "warning")
-        finally:
-            if not self._display_lost:
-                with contextlib.suppress(cv2.error):
-                    cv2.destroyAllWindows()
-                    cv2.waitKey(1)  # lets Qt handle the destruction before the thread ends
-
-    def _make_sure_it_paints(self) -> None:
-        """Qt 5.15 now and then loses the events of its new window's mapping, and the window stays black for good
-        (runtime/x11.py): while the waiting image is not on screen, map the window again."""
-        cv2.waitKey(1)
-        if self._x is None:
-            return  # not an X display: nothing to check with
-        window = None
-        for _ in range(_PAINT_TRIES):
-            deadline = time.monotonic() + _PAINT_WAIT_S
-            while time.monotonic() < deadline:
-                cv2.waitKey(10)
-                window = window or self._x.find_window(self._title)
-                if window and self._x.shows(window, 2, 2, _WAITING_GRAY):
-                    return
-            if window is None:
-                return  # not found (an unusual window manager): nothing to check against
-            self._x.remap(window)
-
-    def _show_frames(self) -> None:
-        shown_version, shown = 0, None  # the frame on screen; None: the waiting image
-        shown_at = 0.0
-        while not self._stop.is_set():
-            new = self._live.wait(shown_version, _FRAME_WAIT_S) > shown_version
-            if new and (early := shown_at + _SHOW_INTERVAL_S - time.monotonic()) > 0:
-                self._stop.wait(early)
-            if self._x is not None and self._x.lost():  # checked right before the GUI calls, which Qt may end in
-                self._display_lost = True
-                say("emotiond: the X display went away: stopping", "warning")
-                self._quit()
-                return
-            if new:
+            while not self._stop.is_set():
+                if not self._wanted.wait(_WAKE_S):
+                    continue
+                if self._live.wait(sent_version, _WAKE_S) <= sent_version:
+                    if self._live.closed:
+                        self._stop.wait(_WAKE_S)  # no frame will come: only close() is awaited
+                    continue
+                if (early := sent_at + _SHOW_INTERVAL_S - time.monotonic()) > 0 and self._stop.wait(early):
+                    break
                 version, image = self._live.image()
                 if image is not None:
-                    cv2.imshow(self._title, image)
-                    shown_version, shown, shown_at = version, image, time.monotonic()
-            key = cv2.waitKey(_KEY_WAIT_MS) & 0xFF
-            if key in _QUIT_KEYS:
-                self._quit()
-            elif key == _SNAPSHOT_KEY:
-                save_snapshot(shown)
-            if not self._visible():
-                self._quit()  # closed by the window manager; showing on would open it again
-                return
-            if self._live.closed:
-                self._stop.wait(_FRAME_WAIT_S)  # no frame will come: the loop only waits for close()
+                    self._wanted.clear()
+                    send_frame(self._child.stdin, image)
+                    sent_version, sent_at = version, time.monotonic()
+        except OSError:
+            pass  # the window's process has ended: the reader tells why
+        finally:
+            with contextlib.suppress(OSError):
+                self._child.stdin.close()
 
-    def _visible(self) -> bool:
-        try:
-            return cv2.getWindowProperty(self._title, cv2.WND_PROP_VISIBLE) >= 1
-        except cv2.error:  # Qt's: "NULL guiReceiver" once its last window is closed
+    def _read(self) -> None:
+        """Acts on the window's messages (runtime/window_pipe.py), then on its end."""
+        why = None  # the window's own account of its end
+        for line in self._child.stdout:
+            word, text = parse_message(line)
+            if word == "ready":
+                self._wanted.set()
+            elif word == "opened":
+                self._started.set()
+            elif word == "failed":
+                self._failed(text)
+            elif word == "quit":
+                self._quit()
+            elif word == "say":
+                level, _, said = text.partition(" ")
+                say(said, level)
+            elif word == "error":
+                why = text
+        self._ended(why or _how_it_ended(self._child))
+
+    def _failed(self, why: str) -> None:
+        with self._start_lock:
+            self._failure = why
+            late = self._gone_on
+        self._started.set()
+        if late:  # it took longer than _START_TIMEOUT_S, then failed: nobody waits for _failure any more
+            say(f"emotiond: the window could not open, the daemon goes on without it: {why}", "warning")
+
+    def _ended(self, why: str) -> None:
+        if not self._started.is_set():
+            self._failed(f"its process ended: {why}")
+        elif self._stop.is_set() or self._quit_sent or self._failure is not None:
+            pass  # closed, quit or failed: told already
+        elif self._display_lost():
+            say("emotiond: the X display went away: stopping", "warning")
+            self._quit()
+        else:
+            say(f"emotiond: the window failed and is gone, the daemon goes on: {why}", "warning")
+
+    def _display_lost(self) -> bool:
+        """Whether our own link to the X server broke too (the window's process may have seen it a moment before)."""
+        if self._x is None:
             return False
+        deadline = time.monotonic() + _LOSS_GRACE_S
+        while not self._x.lost():
+            if time.monotonic() > deadline or self._stop.wait(0.02):
+                return False
+        return True
 
     def _quit(self) -> None:
         if not self._quit_sent:
@@ -165,30 +182,17 @@ class Window:
             self._on_quit()
 
 
-def save_snapshot(image: np.ndarray | None) -> Path | None:
-    """`image` as emotiond-snapshot-YYYYmmdd-HHMMSS-mmm.png in the current directory, one line on stderr either way."""
-    if image is None:
-        say("emotiond: no frame yet: no snapshot saved", "warning")
-        return None
-    name = f"emotiond-snapshot-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S-%f')[:-3]}.png"
-    path = Path(name)
+def _how_it_ended(child: subprocess.Popen) -> str:
     try:
-        path = Path.cwd() / name  # named in full on stderr: a daemon's cwd is not always where its user looks
-        ok, data = cv2.imencode(".png", image)
-        if not ok:
-            raise OSError("OpenCV could not encode the frame as PNG")
-        path.write_bytes(data.tobytes())
-    except OSError as e:
-        say(f"emotiond: snapshot not saved: {printable(path)}: {e.strerror or e}", "warning")
-        return None
-    say(f"emotiond: snapshot saved: {printable(path)}")
-    return path
-
-
-def _waiting_image() -> np.ndarray:
-    image = np.full((120, 360, 3), _WAITING_GRAY, np.uint8)
-    cv2.putText(image, "waiting for frames ...", (20, 66), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (220, 220, 220), 1)
-    return image
+        code = child.wait(_END_TIMEOUT_S)  # its stdout closed as it exited: a moment at most
+    except subprocess.TimeoutExpired:
+        return "its output closed"
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:  # a real-time signal: no name
+        return f"killed by signal {-code}"
 
 
 # -- can this process open a window? ---------------------------------------------------------------------------

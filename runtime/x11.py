@@ -3,8 +3,9 @@ present wherever cv2 imports) and ctypes.
 
 Qt needs three things from outside in this daemon, each found by measurement:
 - whether it can connect at all: asked first, because Qt aborts the process (a core dump) when it cannot;
-- whether the server has gone: Qt calls exit(1) from inside a GUI call on a broken connection, and that exit
-  aborts a process whose other threads still run; seen first, it is one line and a clean stop;
+- whether the server has gone: Qt calls exit(1) from inside a GUI call on a broken connection (or aborts, if other
+  threads run), so its window lives in a process of its own; when that process ends, the daemon's link tells a
+  display that went away (a clean stop) from a window that failed alone (runtime/window.py);
 - whether its window really shows what it drew: Qt 5.15 now and then loses the events of a new window's mapping
   (1 start in 4 or 5 under Xvfb), and the window stays black for good; unmapped and mapped again, it paints.
 """

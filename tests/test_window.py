@@ -1,10 +1,13 @@
-"""`emotiond run --show` on a real X server (Xvfb, one per module), as a user runs it: the window shows the frames
-with their boxes drawn (a screenshot is kept: test-artifacts/window.png); q, Esc and the window manager's close
-button stop the daemon cleanly; Space saves a snapshot PNG; SIGTERM still ends it at once; without a usable
-display it is one line and exit 2, never Qt's abort."""
+"""`emotiond run --show` on a real X server (Xvfb, one per module, or one per test that kills it), as a user runs
+it: the window shows the frames with their boxes drawn (a screenshot is kept: test-artifacts/window.png); q, Esc and
+the window manager's close button stop the daemon cleanly; Space saves a snapshot PNG; SIGTERM still ends it at
+once; the X server going away stops it cleanly too, however Qt ends the window's process; that process never
+outlives the daemon, and a frozen or dead window never stops or slows it; without a usable display, or when the
+window cannot open, it is one line and exit 2, never Qt's abort."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -67,34 +70,45 @@ def _free_display_number() -> int:
     raise RuntimeError("no free X display number")
 
 
-@pytest.fixture(scope="module")
-def display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Display]:
-    """A private Xvfb (1280x720, no window manager); another test run may take a number between our look and
-    Xvfb's start, so a few numbers are tried."""
+@contextlib.contextmanager
+def xvfb(fbdir: Path) -> Iterator[tuple[subprocess.Popen, Display]]:
+    """A private Xvfb (1280x720, no window manager) and its display; another test run may take a number between
+    our look and Xvfb's start, so a few numbers are tried."""
     for _ in range(5):
         n = _free_display_number()
-        fbdir = tmp_path_factory.mktemp("xvfb")
+        fbdir.mkdir(parents=True, exist_ok=True)
         cmd = [XVFB, f":{n}", "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-fbdir", str(fbdir)]
-        xvfb = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        while xvfb.poll() is None and time.monotonic() < deadline:
+        while server.poll() is None and time.monotonic() < deadline:
             if Path(f"/tmp/.X11-unix/X{n}").exists() and (fbdir / "Xvfb_screen0").exists():
                 break
             time.sleep(0.05)
-        if xvfb.poll() is None and Path(f"/tmp/.X11-unix/X{n}").exists():
+        if server.poll() is None and Path(f"/tmp/.X11-unix/X{n}").exists():
             break
-        xvfb.kill()
-        xvfb.wait()
+        server.kill()
+        server.wait()
     else:
         pytest.fail("Xvfb did not start")
     try:
-        yield Display(f":{n}", fbdir / "Xvfb_screen0")
+        yield server, Display(f":{n}", fbdir / "Xvfb_screen0")
     finally:
-        xvfb.terminate()
+        server.terminate()
         try:
-            xvfb.wait(5)
+            server.wait(5)
         except subprocess.TimeoutExpired:
-            xvfb.kill()
+            server.kill()
+            server.wait()
+        if server.returncode == -signal.SIGKILL:  # a killed server leaves its lock and socket behind
+            for stale in (Path(f"/tmp/.X{n}-lock"), Path(f"/tmp/.X11-unix/X{n}")):
+                stale.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def display(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Display]:
+    """The module's Xvfb."""
+    with xvfb(tmp_path_factory.mktemp("xvfb")) as (_, shared):
+        yield shared
 
 
 def box_colours(image: np.ndarray) -> list[str]:
@@ -201,11 +215,11 @@ def faces_clip(test_video, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def daemon(emotiond, model_dir, detector_model, faces_clip, display, tmp_path) -> Iterator[Callable[[], Daemon]]:
-    """daemon() -> the daemon showing faces_clip on the test display, with tmp_path as its cwd."""
+    """daemon(on=display) -> the daemon showing faces_clip on the test display (or `on`), with tmp_path as its cwd."""
     started: list[Daemon] = []
 
-    def start() -> Daemon:
-        started.append(Daemon(emotiond, model_dir, faces_clip, display, tmp_path))
+    def start(on: Display = display) -> Daemon:
+        started.append(Daemon(emotiond, model_dir, faces_clip, on, tmp_path))
         return started[-1]
 
     yield start
@@ -218,6 +232,9 @@ def daemon(emotiond, model_dir, detector_model, faces_clip, display, tmp_path) -
 
 @pytest.mark.slow
 def test_the_window_shows_the_frames_with_their_boxes(daemon, display, faces_clip, tmp_path):
+    # a `runtime` package in the daemon's current directory is not the one the window's process imports
+    (tmp_path / "runtime").mkdir()
+    (tmp_path / "runtime" / "__init__.py").write_text("raise SystemExit('the wrong runtime package')\n")
     d = daemon()
     window = d.window()
     shot = d.boxes_on_screen()
@@ -283,6 +300,91 @@ def test_sigterm_while_the_window_shows_ends_the_daemon_at_once(daemon, event_va
     d.assert_stopped_cleanly(event_validator)
 
 
+# Qt ends the process that holds its window when the X server goes (exit 1, or SIGABRT from another thread): 9 runs
+# in 26 ended so while the window lived in the daemon's process. The window's process may die; the daemon not.
+DISPLAY_LOSS_RUNS = 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(DISPLAY_LOSS_RUNS))
+def test_the_display_going_away_stops_the_daemon_cleanly(daemon, event_validator, tmp_path, run):
+    with xvfb(tmp_path / "xvfb") as (server, own):
+        d = daemon(on=own)
+        d.boxes_on_screen()
+        server.kill()
+        code = d.finish(QUIT_TIMEOUT_S)
+    assert code == 0, f"exit {code} (-6: Qt aborted, 1: Qt's exit): {''.join(d.err)}"
+    assert d.err.count("emotiond: the X display went away: stopping\n") == 1, "".join(d.err)
+    assert all(line.endswith("\n") for line in d.out), "every event is a whole line"
+    d.assert_stopped_cleanly(event_validator)
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for a reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+def test_the_window_never_outlives_the_daemon(daemon, display):
+    d = daemon()
+    d.boxes_on_screen()
+    children = _children(d.proc.pid)
+    assert children, "the window has a process of its own"
+    d.proc.kill()
+    d.proc.wait()
+    deadline = time.monotonic() + 2
+    while any(map(_alive, children)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children)), "the window's process ended with the daemon"
+    assert not xdotool(display, "search", "--name", "^emotiond: "), "and its window is gone"
+
+
+@pytest.mark.slow
+def test_a_window_that_dies_leaves_the_daemon_running(daemon, event_validator):
+    d = daemon()
+    d.boxes_on_screen()
+    for child in _children(d.proc.pid):
+        os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while not any("the window failed and is gone" in line for line in d.err) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.proc.poll() is None, "the daemon goes on without its window"
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.finish(2.0) == 0, "".join(d.err)
+    assert sum("emotiond: the window failed and is gone, the daemon goes on" in line for line in d.err) == 1, d.err
+    d.assert_stopped_cleanly(event_validator)
+
+
+@pytest.mark.slow
+def test_a_frozen_window_never_slows_the_daemon(daemon, event_validator):
+    d = daemon()
+    d.boxes_on_screen()
+    children = _children(d.proc.pid)
+    for child in children:
+        os.kill(child, signal.SIGSTOP)  # a screen that takes no frame at all
+    try:
+        before = len(d.out)
+        time.sleep(2.0)
+        frames = sum(json.loads(line)["type"] == "frame" for line in d.out[before:])
+        assert frames >= 20, f"{frames} frames in 2 s of a 25 frames/s clip while the window was frozen"
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.finish(5.0) == 0, "".join(d.err)  # the frozen window is killed after a short wait
+    finally:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+    d.assert_stopped_cleanly(event_validator)
+
+
 def _run_without(emotiond: Path, test_video, env: dict[str, str], *more: str) -> subprocess.CompletedProcess:
     cmd = [str(emotiond), "run", "--show", "--source", str(test_video.path), *more]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=REPO, check=False)
@@ -307,6 +409,38 @@ def test_a_display_without_a_server_is_one_line_not_an_abort(emotiond, test_vide
     name = f":{_free_display_number()}"
     env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
     _assert_one_line_error(_run_without(emotiond, test_video, {**env, "DISPLAY": name}), repr(name))
+
+
+@contextlib.contextmanager
+def all_connections_but_one(display: Display) -> Iterator[None]:
+    """Holds every connection the X server accepts but one (through libxcb, as Qt connects): the daemon's check
+    of the display takes the last, and its window's process is refused."""
+    xcb = ctypes.CDLL("libxcb.so.1")
+    xcb.xcb_connect.restype = ctypes.c_void_p
+    xcb.xcb_connect.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    xcb.xcb_connection_has_error.argtypes = [ctypes.c_void_p]
+    xcb.xcb_disconnect.argtypes = [ctypes.c_void_p]
+    held = []
+    try:
+        while not xcb.xcb_connection_has_error(connection := xcb.xcb_connect(display.name.encode(), None)):
+            held.append(connection)
+        xcb.xcb_disconnect(connection)
+        xcb.xcb_disconnect(held.pop())
+        yield
+    finally:
+        for connection in held:
+            xcb.xcb_disconnect(connection)
+
+
+def test_a_window_that_cannot_open_is_one_error_line(emotiond, test_video, tmp_path):
+    with xvfb(tmp_path / "xvfb") as (_, own), all_connections_but_one(own):
+        run = _run_without(emotiond, test_video, own.env)
+    assert run.returncode == 2, f"exit {run.returncode}: {run.stderr}"
+    assert run.stdout == ""
+    # libxcb writes the server's reason for refusing ("Maximum number of clients reached") itself
+    lines = [line for line in run.stderr.splitlines() if line != "Maximum number of clients reached"]
+    assert lines == [f"error: --show: cannot open a window: cannot use the X display {own.name!r}: no X server "
+                     "answers there, or it refused the connection"], run.stderr  # fmt: skip
 
 
 # -- a window manager's close button, without a window manager --------------------------------------------------
