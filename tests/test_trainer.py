@@ -9,7 +9,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -162,42 +161,6 @@ def test_downscaled_faces_lose_their_fine_detail_and_only_when_asked(small_fer):
     assert 0 < changed.sum() < len(faces)
     with pytest.raises(ValueError, match="lowest <= highest"):
         AugmentConfig(downscale_px=(30, 20))
-
-
-def test_faces_cut_at_the_frame_edge_repeat_the_edge_as_the_runtimes_crop_does(small_fer):
-    from trainer.augment import augment_batch
-    from trainer.config import AugmentConfig
-
-    faces = standardize(data.load(small_fer).split("PublicTest").images[:80], DEFAULT_SPEC)
-    size = DEFAULT_SPEC.crop
-    # faces whose own neighbouring rows and columns all differ (not the near-blank ones): a repeat is the cut's
-    own = [(np.diff(c, axis=0) != 0).any(1).all() and (np.diff(c, axis=1) != 0).any(0).all()
-           for c in center_crop(faces, DEFAULT_SPEC)[:, 0]]  # fmt: skip
-    faces = torch.from_numpy(faces[np.array(own)][:64])
-    centre = center_crop(faces.numpy(), DEFAULT_SPEC)[:, 0]
-    plain = dict(rotate_deg=0, scale=(1, 1), translate_px=0, flip=False, brightness=0, contrast=0, erase_p=0)
-    cfg = AugmentConfig(**plain, edge_p=1.0, edge_frac=0.25)
-    cut = augment_batch(faces.unsqueeze(1), size, cfg, torch.Generator().manual_seed(0))[:, 0].numpy()
-
-    def repeated(rows):  # how many leading rows repeat the first row that is the face's own
-        n = 0
-        while n + 1 < len(rows) and np.array_equal(rows[n], rows[n + 1]):
-            n += 1
-        return n
-
-    depths = []
-    for face, out in zip(centre, cut, strict=True):
-        t, b, left, r = repeated(out), repeated(out[::-1]), repeated(out.T), repeated(out.T[::-1])
-        depths += [t, b, left, r]
-        inside = np.ascontiguousarray(face[t : size - b, left : size - r])
-        # what the runtime's warpAffine(..., BORDER_REPLICATE) gives where the frame ends
-        expected = cv2.copyMakeBorder(inside, t, b, left, r, cv2.BORDER_REPLICATE)
-        np.testing.assert_allclose(out, expected, atol=1e-5)  # grid_sample: float rounding
-    depths = np.array(depths)
-    assert depths.max() <= 0.25 * size and 0.3 < (depths > 0).mean() < 0.7  # each side with probability 1/2
-    half = augment_batch(faces.unsqueeze(1), size, cfg.model_copy(update={"edge_p": 0.5}), torch.Generator())
-    changed = np.abs(half[:, 0].numpy() - centre).reshape(len(centre), -1).max(1) > 1e-4
-    assert 0.2 < changed.mean() < 0.8
 
 
 def test_a_run_can_start_from_a_checkpoints_weights(small_fer, tmp_path, capsys):

@@ -35,8 +35,6 @@ def augment_batch(x: torch.Tensor, crop: int, cfg: AugmentConfig, g: torch.Gener
 
     if cfg.downscale_p > 0:  # drawn only when on: runs without it keep their random stream
         out = _downscale(out, cfg, g)
-    if cfg.edge_p > 0:
-        out = _cut_at_frame_edges(out, cfg, g)
 
     contrast = _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g).view(n, 1, 1, 1)
     brightness = _uniform(n, -cfg.brightness, cfg.brightness, g).view(n, 1, 1, 1)
@@ -76,22 +74,6 @@ def _downscale(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch
     x = x.clone()
     x[pick] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
     return x
-
-
-def _cut_at_frame_edges(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    """A share of the faces as the runtime crops a face the frame cuts off: beyond a frame edge the crop repeats
-    the edge's row or column (runtime.crop: BORDER_REPLICATE). Each side of a picked face is cut with probability
-    1/2, by up to edge_frac of the crop. The real photos are framed that tightly: a median 16% of each crop lies
-    outside its photo, on every side."""
-    n, _, h, w = x.shape
-    pick = (torch.rand(n, generator=g) < cfg.edge_p).view(n, 1)
-    cuts = (torch.rand(n, 4, generator=g) * cfg.edge_frac * torch.tensor([h, h, w, w])).floor()
-    cuts = torch.where((torch.rand(n, 4, generator=g) < 0.5) & pick, cuts, 0).long()
-    top, bottom, left, right = cuts.unbind(1)
-    rows = torch.arange(h).view(1, h).clamp(top.view(n, 1), (h - 1 - bottom).view(n, 1))  # (n, h) source rows
-    cols = torch.arange(w).view(1, w).clamp(left.view(n, 1), (w - 1 - right).view(n, 1))
-    x = torch.gather(x, 2, rows.view(n, 1, h, 1).expand(n, x.shape[1], h, w))
-    return torch.gather(x, 3, cols.view(n, 1, 1, w).expand(n, x.shape[1], h, w))
 
 
 def cutmix(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> tuple[torch.Tensor, tuple | None]:

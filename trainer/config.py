@@ -41,8 +41,6 @@ class AugmentConfig(Strict):
     erase_area: tuple[float, float] = Field((0.02, 0.2), description="erased fraction of the crop")
     downscale_p: float = Field(0.0, ge=0, le=1, description="share of faces seen at a lower resolution (0 = off)")
     downscale_px: tuple[int, int] = Field((20, 36), description="side range of that lower resolution, in pixels")
-    edge_p: float = Field(0.0, ge=0, le=1, description="share of faces cut off at the frame's edges (0 = off)")
-    edge_frac: float = Field(0.25, gt=0, lt=0.5, description="deepest cut from each side, as a share of the crop")
     cutmix_p: float = Field(0.0, ge=0, le=1, description="share of batches mixed with CutMix (0 = off)")
     cutmix_alpha: float = Field(1.0, gt=0, le=10, description="Beta(alpha, alpha) of the kept share")
 
