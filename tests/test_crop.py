@@ -117,11 +117,26 @@ def test_default_crop_puts_eyes_and_mouth_where_fer2013_has_them(detector, photo
     assert abs((k[0, 0] + k[1, 0]) / 2 - 23.5) < 4  # horizontally centred
 
 
-def test_face_at_the_frame_edge_still_gives_a_full_crop(detector, photo):
+def test_face_at_the_frame_edge_is_filled_with_its_own_mean_beyond_the_edge(detector, photo):
     (det,) = detector.detect(photo)
     shifted = Detection(det.box, det.score, det.keypoints - np.float32([det.keypoints[2, 0], 0]))  # nose on x=0
-    crop = FaceCropper().crop(to_gray(photo), [shifted])
-    assert crop.shape == (1, 48, 48)
+    cropper = FaceCropper()
+    gray = to_gray(photo)
+    (crop,) = cropper.crop(gray, [shifted])
+    (colour,) = cropper.crop(photo, [shifted])
+    np.testing.assert_array_equal(crop, colour)
+    # where each crop pixel comes from: left of x=0 is outside the frame
+    ys, xs = np.mgrid[0:48, 0:48]
+    source_x = cv2.invertAffineTransform(cropper.matrix(shifted))[0] @ np.stack([xs, ys, np.ones_like(xs)]).reshape(
+        3, -1
+    )
+    outside = (source_x < 0).reshape(48, 48)
+    assert 0.3 < outside.mean() < 0.7
+    plain = cv2.warpAffine(gray, cropper.matrix(shifted), (48, 48), flags=cv2.INTER_LINEAR)
+    assert (crop[outside] == round(float(crop[~outside].mean()))).all()  # one gray: the face's own mean
+    np.testing.assert_array_equal(crop[~outside], plain[~outside])  # the face itself as it is
+    (whole,) = cropper.crop(gray, [det])  # a face well inside: nothing filled
+    np.testing.assert_array_equal(whole, cv2.warpAffine(gray, cropper.matrix(det), (48, 48), flags=cv2.INTER_LINEAR))
 
 
 def test_crops_of_the_colour_frame_equal_crops_of_its_gray_version(detector, photo):
