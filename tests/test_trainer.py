@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -185,6 +186,39 @@ def test_a_run_can_start_from_a_checkpoints_weights(small_fer, tmp_path, capsys)
     _with_preprocess(resumable, resumable, std_floor=0.05)
     with pytest.raises(UserError, match=r"a/last\.pt preprocesses faces as .*0\.05.*, this version as"):
         run(quick_config(small_fer, tmp_path / "a", epochs=2), resume=True)
+
+
+def test_a_soup_is_the_mean_of_its_checkpoints_scored_and_ready_to_export(small_fer, tmp_path):
+    from trainer.soup import main as soup_main
+
+    run(quick_config(small_fer, tmp_path / "a", epochs=2), stop_after=1)
+    first = tmp_path / "a1.pt"
+    shutil.copyfile(tmp_path / "a" / "best.pt", first)
+    run(quick_config(small_fer, tmp_path / "a", epochs=2), resume=True)  # its continuation: one trajectory
+    second = tmp_path / "a" / "last.pt"  # epoch 2
+    out = tmp_path / "soup" / "best.pt"
+    assert soup_main([str(first), str(second), "--out", str(out), "--threads", "2"]) == 0
+    made, a, b = (checkpoint.load(p) for p in (out, first, second))
+    assert [p["path"] for p in made["soup"]] == [str(first), str(second)]
+    assert made["soup"][1]["sha256"] == sha256_file(second) and made["epoch"] == b["epoch"]
+    weights = [k for k, v in made["model"].items() if v.is_floating_point()]
+    assert weights and all(torch.allclose(made["model"][k], (a["model"][k] + b["model"][k]) / 2) for k in weights)
+    # scored as a trained epoch is: trainer.evaluate gives the accuracy the soup recorded
+    model, spec = checkpoint.build(made, out)
+    faces = data.load(small_fer).split("PublicTest")
+    probs = predict_with_tta(model, preprocess(faces.images, spec), tta_flip=made["tta_flip"])
+    assert made["metrics"]["PublicTest"]["accuracy"] == pytest.approx((probs.argmax(1) == faces.labels).mean())
+    other = tmp_path / "w8"
+    run(quick_config(small_fer, other, "model.width=8", epochs=1))
+    for args, message in (
+        ([str(first)], "at least two checkpoints"),
+        ([str(first), str(other / "best.pt")], r"w8/best\.pt differs from .*a1\.pt in model_args"),
+        ([str(first), str(tmp_path / "none.pt")], "checkpoint not found"),
+    ):
+        proc = subprocess.run([sys.executable, "-m", "trainer.soup", *args, "--out", str(tmp_path / "x.pt")],
+                              capture_output=True, text=True)  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert re.search(message, proc.stderr) and not (tmp_path / "x.pt").exists()
 
 
 def test_distillation_targets_are_the_teachers_tempered_probabilities():
