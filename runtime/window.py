@@ -28,9 +28,9 @@ from pathlib import Path
 
 import cv2
 
-from runtime.errors import UserError, say
+from runtime.errors import LOG_LEVELS, UserError, say
 from runtime.live import LiveView
-from runtime.window_pipe import parse_message, send_frame
+from runtime.window_pipe import TITLE_VARIABLE, parse_message, send_frame
 from runtime.x11 import XLink
 
 _WAKE_S = 0.05  # how often the sender looks at the stop flag while it waits for a request or a frame
@@ -39,6 +39,19 @@ _START_TIMEOUT_S = 10.0  # Python, cv2 and Qt start in ~0.5 s; a busy machine ma
 _END_TIMEOUT_S = 1.0  # for the window's process to close at EOF, before it is killed
 _JOIN_TIMEOUT_S = 1.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding runtime/
+# The window's process: signals are the daemon's to handle (systemd's stop reaches every process of the unit, even
+# while cv2 and Qt still load; the daemon then closes the window). Our package comes first on sys.path, not what
+# the daemon's current directory holds, which `python -m` or -c would put there ('' in sys.path[0]).
+_BOOTSTRAP = """import signal, sys
+for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(s, signal.SIG_IGN)
+if sys.path and sys.path[0] in ("", "."):
+    sys.path[0] = {root!r}
+else:
+    sys.path.insert(0, {root!r})
+from runtime.window_child import main
+sys.exit(main(sys.argv[1:]))
+"""
 _LOSS_GRACE_S = 0.5  # the window's process may see the X server go a moment before our own link does
 
 
@@ -64,13 +77,12 @@ class Window:
         self._sender = threading.Thread(target=self._send, name="window-sender", daemon=True)
 
     def __enter__(self) -> Window:
-        # Our package, not whatever the daemon's current directory holds (`-m` would put that first on sys.path).
-        start = f"import sys; sys.path[0] = {str(_PACKAGE_ROOT)!r}; from runtime.window_child import main; "
-        start += "sys.exit(main(sys.argv[1:]))"
-        command = [sys.executable, "-c", start, self._title, str(os.getpid())]
+        command = [sys.executable, "-c", _BOOTSTRAP.format(root=str(_PACKAGE_ROOT)), str(os.getpid())]
+        # The title names the source, which may hold a password (rtsp://user:pass@...): not on a command line for `ps`
+        env = {**os.environ, TITLE_VARIABLE: self._title}
         try:  # a session of its own: a terminal's signals (Ctrl-C) are for the daemon, which then closes the window
             self._child = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True, env=env
             )
         except OSError as e:
             self.close()
@@ -142,7 +154,7 @@ class Window:
                 self._quit()
             elif word == "say":
                 level, _, said = text.partition(" ")
-                say(said, level)
+                say(said, level if level in LOG_LEVELS else "warning")
             elif word == "error":
                 why = text
         self._ended(why or _how_it_ended(self._child))

@@ -3,8 +3,9 @@ holds its window when the X server goes away (exit(1) from inside a GUI call, or
 run), a race no check before each call can win; here that ends this process only, and the daemon, which sees the
 pipe close, stops cleanly (runtime/window.py).
 
-`main([TITLE, DAEMON_PID])`, started by runtime/window.py: shows the frames it reads on stdin, asks for the next one
-once the last is shown, and reports keys and failures on stdout (runtime/window_pipe.py). q, Esc and the window
+`main([DAEMON_PID])` (the title in the environment, runtime/window_pipe.py), started by runtime/window.py, which
+has it ignore SIGINT, SIGTERM and SIGHUP before anything loads: shows the frames it reads on stdin, asks for the
+next one once the last is shown, and reports keys and failures on stdout (runtime/window_pipe.py). q, Esc and the window
 manager's close button ask the daemon to stop; Space saves what is on screen as a PNG in the current directory
 (the daemon's, inherited). Its life is the daemon's: it ends at EOF on stdin, and the kernel kills it if the daemon
 dies (PR_SET_PDEATHSIG). Its native stderr is the daemon's fd 2, which runtime/native_logs.py filters.
@@ -29,7 +30,7 @@ import cv2
 import numpy as np
 
 from runtime.errors import UserError, printable
-from runtime.window_pipe import receive_frame, send_message
+from runtime.window_pipe import TITLE_VARIABLE, receive_frame, send_message
 from runtime.x11 import XLink
 
 _QUIT_KEYS = {ord("q"), ord("Q"), 27}  # 27: Esc
@@ -43,7 +44,7 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def main(argv: list[str]) -> int:
-    title, daemon = argv[0], int(argv[1])
+    title, daemon = os.environ.get(TITLE_VARIABLE, "emotiond"), int(argv[0])
     _live_and_die_with(daemon)
     frames = open(0, "rb", buffering=0, closefd=False)  # noqa: SIM115 - read exactly, frame by frame
     out = os.fdopen(os.dup(1), "wb")
@@ -74,9 +75,6 @@ def _live_and_die_with(daemon: int) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != daemon:  # it died before the line above
         sys.exit(0)
-    # Signals are the daemon's to handle (systemd's stop reaches every process of the unit); it then closes us.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))  # Qt's abort: no core
 
 

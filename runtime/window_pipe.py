@@ -12,7 +12,7 @@ Window -> daemon, on the window's stdout: one line per message, a word and for s
     say <level> <line>  a line for the daemon's stderr, said there (in order with its own lines, at its log level)
     error <why>         the window failed while showing; the process ends
 
-EOF on its stdin tells the window to close and its process to end.
+EOF on its stdin tells the window to close and its process to end. Its title comes in $EMOTIOND_WINDOW_TITLE.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 
 _HEADER = struct.Struct("<3I")
+TITLE_VARIABLE = "EMOTIOND_WINDOW_TITLE"  # the window's title, in its environment (not on a command line for `ps`)
 
 
 def send_frame(pipe: BinaryIO, image: np.ndarray) -> None:

@@ -133,10 +133,45 @@ def test_face_at_the_frame_edge_is_filled_with_its_own_mean_beyond_the_edge(dete
     outside = (source_x < 0).reshape(48, 48)
     assert 0.3 < outside.mean() < 0.7
     plain = cv2.warpAffine(gray, cropper.matrix(shifted), (48, 48), flags=cv2.INTER_LINEAR)
-    assert (crop[outside] == round(float(crop[~outside].mean()))).all()  # one gray: the face's own mean
+    assert (crop[outside] == int(crop[~outside].mean() + 0.5)).all()  # one gray: the face's own mean
     np.testing.assert_array_equal(crop[~outside], plain[~outside])  # the face itself as it is
     (whole,) = cropper.crop(gray, [det])  # a face well inside: nothing filled
     np.testing.assert_array_equal(whole, cv2.warpAffine(gray, cropper.matrix(det), (48, 48), flags=cv2.INTER_LINEAR))
+
+
+def _face_at(x: float, y: float, eye_dist: float, degrees: float) -> Detection:
+    """A detection whose eyes are `eye_dist` apart around (x, y), turned by `degrees`, the mouth below them."""
+    t = math.radians(degrees)
+    along, down = np.array([math.cos(t), math.sin(t)]), np.array([-math.sin(t), math.cos(t)])
+    eyes = np.array([x, y])
+    k = np.zeros((6, 2), np.float32)
+    k[0], k[1] = eyes - along * eye_dist / 2, eyes + along * eye_dist / 2
+    k[2], k[3] = eyes + down * eye_dist * 0.55, eyes + down * eye_dist * 1.05
+    return Detection((x - eye_dist, y - eye_dist, 2 * eye_dist, 2 * eye_dist), 0.9, k)
+
+
+@pytest.mark.parametrize("degrees", [0, 25, -40])
+def test_every_frame_edge_is_filled_where_the_crop_leaves_the_frame(degrees):
+    # a noisy frame: any pixel taken from the wrong place shows; faces across each edge and corner, turned
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 256, (160, 200), np.uint8)
+    height, width = frame.shape
+    cropper = FaceCropper()
+    ys, xs = np.mgrid[0:48, 0:48]
+    grid = np.stack([xs, ys, np.ones_like(xs)]).reshape(3, -1).astype(np.float64)
+    for x, y in [(5, 80), (195, 80), (100, 4), (100, 156), (100, 140), (3, 3), (197, 157), (100, 80)]:
+        det = _face_at(x, y, eye_dist=30, degrees=degrees)
+        (crop,) = cropper.crop(frame, [det])
+        m = cropper.matrix(det)
+        sx, sy = cv2.invertAffineTransform(m) @ grid  # where each crop pixel samples the frame
+        outside = ((sx < 0) | (sy < 0) | (sx > width - 1) | (sy > height - 1)).reshape(48, 48)
+        plain = cv2.warpAffine(frame, m, (48, 48), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        np.testing.assert_array_equal(crop[~outside], plain[~outside])
+        if (x, y) == (100, 80):
+            assert not outside.any()
+        else:
+            assert 0.1 < outside.mean() < 0.9, (x, y)
+            assert (crop[outside] == int(crop[~outside].mean() + 0.5)).all(), (x, y)
 
 
 def test_crops_of_the_colour_frame_equal_crops_of_its_gray_version(detector, photo):

@@ -214,8 +214,11 @@ def test_a_soup_is_the_mean_of_its_checkpoints_scored_and_ready_to_export(small_
         ([str(first)], "at least two checkpoints"),
         ([str(first), str(other / "best.pt")], r"w8/best\.pt differs from .*a1\.pt in model_args"),
         ([str(first), str(tmp_path / "none.pt")], "checkpoint not found"),
+        ([str(first), str(second), "--out", str(tmp_path)], "is a folder"),
+        ([str(first), str(second), "--out", "/proc/soup.pt"], "cannot write /proc/soup.pt"),
     ):
-        proc = subprocess.run([sys.executable, "-m", "trainer.soup", *args, "--out", str(tmp_path / "x.pt")],
+        out_args = [] if "--out" in args else ["--out", str(tmp_path / "x.pt")]
+        proc = subprocess.run([sys.executable, "-m", "trainer.soup", *args, *out_args],
                               capture_output=True, text=True)  # fmt: skip
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
         assert re.search(message, proc.stderr) and not (tmp_path / "x.pt").exists()

@@ -320,9 +320,11 @@ def test_the_display_going_away_stops_the_daemon_cleanly(daemon, event_validator
 
 
 def _children(pid: int) -> list[int]:
-    return [
-        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
-    ]
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def _alive(pid: int) -> bool:
@@ -339,13 +341,19 @@ def test_the_window_never_outlives_the_daemon(daemon, display):
     d.boxes_on_screen()
     children = _children(d.proc.pid)
     assert children, "the window has a process of its own"
-    d.proc.kill()
-    d.proc.wait()
-    deadline = time.monotonic() + 2
-    while any(map(_alive, children)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(map(_alive, children)), "the window's process ended with the daemon"
-    assert not xdotool(display, "search", "--name", "^emotiond: "), "and its window is gone"
+    for child in children:  # stopped, it cannot see its stdin close: only the kernel's PDEATHSIG can end it
+        os.kill(child, signal.SIGSTOP)
+    try:
+        d.proc.kill()
+        d.proc.wait()
+        deadline = time.monotonic() + 2
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, children)), "the window's process ended with the daemon"
+        assert not xdotool(display, "search", "--name", "^emotiond: "), "and its window is gone"
+    finally:
+        for child in filter(_alive, children):
+            os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.slow

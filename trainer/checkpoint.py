@@ -20,7 +20,8 @@ def save(path: str | Path, state: dict) -> None:
     """Atomic: write beside, then rename, so a killed run never leaves a broken file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, **state}, tmp)
+    with open(tmp, "wb") as f:  # our open: a place that cannot take the file is an OSError, not torch's RuntimeError
+        torch.save({"format": FORMAT, **state}, f)
     os.replace(tmp, path)
 
 

@@ -59,27 +59,36 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoints", nargs="+", help="checkpoints (.pt) of one training trajectory")
     ap.add_argument("--out", required=True, help="where to write the averaged checkpoint (.pt)")
     ap.add_argument("--data", default=None, help="dataset to score it on (default: the first checkpoint's)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, choices=range(1, 257), metavar="N")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    out = Path(args.out)
     try:
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder: name the checkpoint file (e.g. {out / 'best.pt'})")
+        out.parent.mkdir(parents=True, exist_ok=True)  # before the work: an unwritable place fails first
         averaged = soup(args.checkpoints)
         split = averaged.get("config", {}).get("eval_split", "PublicTest")
         faces = data.load(args.data or averaged.get("data_source") or "").split(split)
-        model, spec = checkpoint.build(averaged, args.out)
+        model, spec = checkpoint.build(averaged, "the soup")
         result = validate(model, preprocess(faces.images, spec), faces.labels, averaged["tta_flip"], bf16=False)
     except (UserError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the output's folder could not be made
+        print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     averaged["metrics"] = {split: result["summary"]}
+    try:
+        checkpoint.save(out, averaged)
+    except OSError as e:
+        print(f"error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     for part in averaged["soup"]:
         print(f"{part['path']}: epoch {part['epoch']}", file=sys.stderr)
     flip = " with flip" if averaged["tta_flip"] else ""
     print(f"soup of {len(averaged['soup'])}: {split} accuracy{flip} {result['summary']['accuracy']:.4f} "
           f"(without flip {result['val_acc']:.4f}, {len(faces.labels)} faces)")  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(out, averaged)
     print(f"wrote {out}", file=sys.stderr)
     return 0
 
