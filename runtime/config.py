@@ -23,7 +23,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from runtime.errors import UserError, printable
+from runtime.errors import UserError, one_line, printable
 
 MAX_FILE_BYTES = 1 << 20  # a config file (or a model manifest) is a few KB; anything larger is a mistake
 MAX_TEXT = 4096  # the longest path or URL (PATH_MAX)
@@ -385,11 +385,6 @@ def validation_line(err: ValidationError, origin: str) -> str:
         line = f"{origin}: {key}: {first['msg']}{shown}"
     more = len(errors) - 1
     return one_line(line + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
-
-
-def one_line(text: str) -> str:
-    """Any message folded onto one line (pydantic and YAML messages may hold line breaks)."""
-    return " ".join(str(text).split())
 
 
 def _set_dotted(raw: dict, dotted: str, value: Any) -> None:

@@ -15,6 +15,11 @@ class FatalError(Exception):
     """A stage that keeps failing (not the user's doing): one line on stderr, exit code 1."""
 
 
+def one_line(text: object) -> str:
+    """Any message folded onto one line (pydantic, YAML and OpenCV messages may hold line breaks)."""
+    return " ".join(str(text).split())
+
+
 def printable(text: object) -> str:
     """`text` safe for one line of a terminal or log: control characters and bytes that are not UTF-8 (a file name
     from a foreign file system) are escaped, so no name can break a line or forge an `error:` line."""

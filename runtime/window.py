@@ -28,7 +28,7 @@ from pathlib import Path
 
 import cv2
 
-from runtime.errors import LOG_LEVELS, UserError, say
+from runtime.errors import LOG_LEVELS, UserError, one_line, say
 from runtime.live import LiveView
 from runtime.window_pipe import TITLE_VARIABLE, parse_message, send_frame
 from runtime.x11 import XLink
@@ -258,5 +258,5 @@ def _qt_plugin_problem() -> str | None:
     try:
         ctypes.CDLL(str(plugin))
     except OSError as e:
-        return " ".join(str(e).split())
+        return one_line(e)
     return None

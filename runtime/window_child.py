@@ -29,7 +29,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from runtime.errors import UserError, printable
+from runtime.errors import UserError, one_line, printable
 from runtime.window_pipe import TITLE_VARIABLE, receive_frame, send_message
 from runtime.x11 import XLink
 
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
         try:
             _show(title, frames, tell)
         except cv2.error as e:
-            tell("error", _why(e))
+            tell("error", one_line(e))
         finally:
             with contextlib.suppress(cv2.error):
                 cv2.destroyAllWindows()
@@ -90,7 +90,7 @@ def _open(title: str, tell: Callable[..., None]) -> bool:
         cv2.imshow(title, _waiting_image())
         _make_sure_it_paints(x, title)
     except cv2.error as e:
-        tell("failed", _why(e))
+        tell("failed", one_line(e))
         return False
     finally:
         if x is not None:
@@ -164,10 +164,6 @@ def save_snapshot(image: np.ndarray | None) -> tuple[str, str]:
     except OSError as e:
         return "warning", f"emotiond: snapshot not saved: {printable(path)}: {e.strerror or e}"
     return "info", f"emotiond: snapshot saved: {printable(path)}"
-
-
-def _why(e: cv2.error) -> str:
-    return " ".join(str(e).split())  # OpenCV's errors span several lines
 
 
 def _waiting_image() -> np.ndarray:
