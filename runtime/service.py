@@ -170,7 +170,7 @@ def _viewers(config: Config, stop: threading.Event, wake: threading.Event, stack
             stop.set()
             wake.set()
 
-        stack.enter_context(Window(live, quit_asked, title=f"emotiond: {config.source.uri}"))
+        stack.enter_context(Window(live, quit_asked, title=f"emotiond: {config.source.uri}", stop=stop))
     fixed = {}
     if config.output.http:
         from runtime.http_preview import HttpPreview

@@ -36,6 +36,7 @@ from runtime.x11 import XLink
 _WAKE_S = 0.05  # how often the sender looks at the stop flag while it waits for a request or a frame
 _SHOW_INTERVAL_S = 1 / 60  # at most ~60 frames/s reach the screen (what it shows); the others are skipped
 _START_TIMEOUT_S = 10.0  # Python, cv2 and Qt start in ~0.5 s; a busy machine may take longer, and we go on without
+_START_POLL_S = 0.05  # how soon a stop ends the wait for the window to open
 _END_TIMEOUT_S = 1.0  # for the window's process to close at EOF, before it is killed
 _JOIN_TIMEOUT_S = 1.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder holding runtime/
@@ -56,12 +57,16 @@ _LOSS_GRACE_S = 0.5  # the window's process may see the X server go a moment bef
 
 
 class Window:
-    """Window(live, on_quit, title) as a context manager: a window showing `live`'s frames while the block runs.
+    """Window(live, on_quit, title, stop) as a context manager: a window showing `live`'s frames while the block
+    runs; `stop` set while the window opens ends the wait for it.
     UserError from the constructor (no display, no GUI in OpenCV) or from __enter__ (the window cannot open).
     Enter it from the main thread: the window's process is killed when the thread that started it ends."""
 
-    def __init__(self, live: LiveView, on_quit: Callable[[], None], title: str) -> None:
+    def __init__(
+        self, live: LiveView, on_quit: Callable[[], None], title: str, stop: threading.Event | None = None
+    ) -> None:
         self._x = check_display()
+        self._daemon_stop = stop or threading.Event()  # a SIGTERM while the window starts: stop waiting for it
         self._live = live
         self._on_quit = on_quit
         self._title = title
@@ -89,7 +94,9 @@ class Window:
             raise UserError(f"--show: cannot start the window's process: {e.strerror or e}") from None
         self._reader.start()
         self._sender.start()
-        self._started.wait(_START_TIMEOUT_S)
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while not self._started.wait(_START_POLL_S) and not self._daemon_stop.is_set() and time.monotonic() < deadline:
+            pass
         with self._start_lock:  # a failure comes before this (an error here) or after (a warning there), once
             self._gone_on = True
             failure = self._failure

@@ -133,11 +133,13 @@ class Daemon:
     """`emotiond run --show` on the test display, in `cwd`; its stdout and stderr are read as they come (a full
     pipe would stall it)."""
 
-    def __init__(self, emotiond: Path, model_dir: Path, clip: Path, display: Display, cwd: Path) -> None:
+    def __init__(
+        self, emotiond: Path, model_dir: Path, clip: Path, display: Display, cwd: Path, env: dict[str, str]
+    ) -> None:
         cmd = [str(emotiond), "run", "--show", "--source", str(clip), "--model", str(model_dir), "--realtime"]
         self.display, self.cwd = display, cwd
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=display.env
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env={**display.env, **env}
         )
         self.out: list[str] = []
         self.err: list[str] = []
@@ -215,11 +217,12 @@ def faces_clip(test_video, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def daemon(emotiond, model_dir, detector_model, faces_clip, display, tmp_path) -> Iterator[Callable[[], Daemon]]:
-    """daemon(on=display) -> the daemon showing faces_clip on the test display (or `on`), with tmp_path as its cwd."""
+    """daemon(on=display, env={}) -> the daemon showing faces_clip on the test display (or `on`), with tmp_path as
+    its cwd and `env` added to its environment."""
     started: list[Daemon] = []
 
-    def start(on: Display = display) -> Daemon:
-        started.append(Daemon(emotiond, model_dir, faces_clip, on, tmp_path))
+    def start(on: Display = display, env: dict[str, str] | None = None) -> Daemon:
+        started.append(Daemon(emotiond, model_dir, faces_clip, on, tmp_path, env or {}))
         return started[-1]
 
     yield start
@@ -298,6 +301,25 @@ def test_sigterm_while_the_window_shows_ends_the_daemon_at_once(daemon, event_va
     d.proc.send_signal(signal.SIGTERM)
     assert d.finish(2.0) == 0, "".join(d.err)
     d.assert_stopped_cleanly(event_validator)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_window_starts_ends_the_daemon_at_once(daemon, tmp_path):
+    slow = tmp_path / "slow"
+    slow.mkdir()  # Python runs sitecustomize at start-up: this one holds only the window's process (its -c names it)
+    (slow / "sitecustomize.py").write_text(
+        "import time\nif b'runtime.window_child' in open('/proc/self/cmdline', 'rb').read():\n    time.sleep(60)\n"
+    )
+    d = daemon(env={"PYTHONPATH": str(slow)})
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _children(d.proc.pid):
+        assert d.proc.poll() is None and time.monotonic() < deadline, "".join(d.err)
+        time.sleep(0.05)
+    time.sleep(0.5)  # the daemon now waits for the window to open (it would give up after 10 s)
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.finish(3.0) == 0, "".join(d.err)  # the window's process is killed after a second at EOF
+    assert all(line.startswith("emotiond: ") for line in d.err), "".join(d.err)
+    assert not any(json.loads(line)["type"] == "frame" for line in d.out)
 
 
 # Qt ends the process that holds its window when the X server goes (exit 1, or SIGABRT from another thread): 9 runs
