@@ -4,7 +4,7 @@ FER2013 PublicTest.
     python -m benchmarks.fer_baseline --fer-python PATH [--json benchmarks/results/fer_baseline.json]
 
 `fer` (Keras/TensorFlow) lives in an environment of its own, so that TensorFlow never enters emotiond's:
-    python3 -m venv /opt/fer-venv && /opt/fer-venv/bin/pip install fer
+    python3 -m venv /opt/fer-venv && /opt/fer-venv/bin/pip install fer "setuptools<81"  # fer imports pkg_resources
 Our daemon runs on the photos (as benchmarks.wild_faces does) and its best-scored face box per photo is handed to
 `fer`'s classifier (`FER.detect_emotions(image, face_rectangles=[box])`, its own crop margin and 64x64 input).
 Both are scored alike: a photo without a detected face counts as wrong. On PublicTest, `fer`'s classifier gets each

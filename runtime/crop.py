@@ -31,7 +31,7 @@ RIGHT_EYE, LEFT_EYE, MOUTH = 0, 1, 3
 BOX_PER_EYE_MOUTH = 2.19  # BlazeFace box side / eye-to-mouth distance, upright faces
 BOX_PER_EYE_DIST = 2.34  # BlazeFace box side / eye distance, upright faces
 DEFAULT_MARGIN = 0.1  # benchmarks/results/crop_margin.json: its rule (log-loss, then likeness to FER2013) on wild-faces
-DEFAULT_CENTER = 0.25  # crop centre as a fraction of the way from the eyes' midpoint to the mouth
+DEFAULT_CENTER = 0.2  # crop centre as a fraction of the way from the eyes' midpoint to the mouth
 
 
 def to_gray(image_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
