@@ -458,3 +458,17 @@ def test_trainer_cli_refuses_bad_input_in_one_line(args, message):
     proc = subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "trainer" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_committed_recipe_validates_and_names_files_the_repository_has(recipe: Path):
+    """A recipe that no longer validates, or whose teacher or starting weights are gone, would fail only when
+    somebody starts a two-hour run with it."""
+    repo = recipe.parents[2]
+    cfg = load_config(recipe)
+    assert Path(cfg.out).parts[0] == "models", f"{recipe.name}: runs belong under models/, not {cfg.out}"
+    for what, path in (("distill.teacher", cfg.distill.teacher), ("init", cfg.init)):
+        assert path is None or (repo / path).exists(), f"{recipe.name}: {what} {path} is not in the repository"
