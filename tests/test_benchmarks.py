@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import classifier as classifier_bench
 from benchmarks import latency
+from runtime.labels import LABEL_INDEX
 from runtime.manifest import load_manifest
 
 STAGE_KEYS = {"p50", "p95", "p99", "max"}
@@ -158,6 +159,19 @@ def test_wild_faces_pipeline_accuracy_per_class(model_dir, tmp_path):
     assert len(result["per_class"]) >= 5  # spread over the classes
     assert sum(map(sum, result["confusion"])) == result["faces_found"]
     assert 0 <= result["accuracy"] <= result["accuracy_found"] <= 1
+    low, high = result["accuracy_ci95"]
+    assert 0 <= low < result["accuracy"] < high <= 1
+
+
+def test_wild_faces_scores_the_best_face_of_each_photo_with_a_wilson_interval():
+    from benchmarks import wild_faces
+
+    truth = {f"{i}.jpg": LABEL_INDEX["happy"] for i in range(10)}
+    faces = [{"score": 0.9, "emotion": "happy"}, {"score": 0.5, "emotion": "sad"}]  # the best-scored face answers
+    events = [{"type": "frame", "file": f"/x/{i}.jpg", "faces": faces if i < 7 else faces[1:]} for i in range(9)]
+    result = wild_faces.score(events, truth)  # 7 right, 2 wrong, one photo without an event: a miss
+    assert (result["accuracy"], result["faces_found"], result["missed"]) == (0.7, 9, ["9.jpg"])
+    assert result["accuracy_ci95"] == [0.3968, 0.8922]  # Wilson score interval, 7 of 10
 
 
 def test_crop_margin_reports_each_setting_and_their_mean(tmp_path):

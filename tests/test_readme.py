@@ -151,6 +151,9 @@ def test_the_model_table_quotes_the_manifest_and_the_committed_results(name, suf
     assert row[2] == f"{wild['accuracy']:.3f} ({wild['balanced_accuracy']:.3f})"
     assert row[3] == f"{results(f'latency{suffix}')['targets']['per_face_fit<=1.0ms'][0]:.2f}"
     assert row[4] == f"{variant.metrics['file_size_bytes'] / 1e6:.2f} MB"
+    if name == "default":
+        low, high = wild["accuracy_ci95"]
+        assert f"the default's 95% interval: {low:.3f}-{high:.3f}" in section("Models")
 
 
 def test_the_fer_row_quotes_the_committed_baseline():
