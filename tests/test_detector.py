@@ -146,10 +146,11 @@ def test_max_faces_keeps_the_best_scores_first(model_path, photos):
 
 
 def test_min_confidence_drops_weaker_faces(model_path, photos):
-    with FaceDetector(model_path, "image", min_confidence=0.5) as det:
+    # Video mode: a still without a face above the cut would be looked at again with a border (scored higher).
+    with FaceDetector(model_path, "video", min_confidence=0.5) as det:
         scores = [d.score for img in photos for d in det.detect(img)]
     cut = float(np.median(scores))
-    with FaceDetector(model_path, "image", min_confidence=cut) as det:
+    with FaceDetector(model_path, "video", min_confidence=cut) as det:
         kept = [d.score for img in photos for d in det.detect(img)]
     assert all(s >= cut for s in kept) and len(kept) < len(scores)
 
@@ -234,3 +235,24 @@ def test_shrinking_first_finds_small_faces_that_mediapipes_own_resize_misses(mod
 def test_input_side_below_the_models_input_is_a_user_error(model_path):
     with pytest.raises(UserError, match="input side"):
         FaceDetector(model_path, "image", input_side=64)
+
+
+def test_a_still_its_face_fills_is_looked_at_again_with_a_border_and_mapped_back(model_path):
+    # Two wild-faces photos whose face fills the picture: BlazeFace short-range scores them under 0.5.
+    with zipfile.ZipFile(WILD) as zf:
+        stills = [
+            cv2.imdecode(np.frombuffer(zf.read(n), np.uint8), cv2.IMREAD_COLOR)
+            for n in ("disgust/Paula_Radcliffe_0004.jpg", "surprise/Atal_Bihari_Vajpayee_0021.jpg")
+        ]
+    pad = 70  # our own border, at full resolution, as the reference
+    with FaceDetector(model_path, "image") as still, FaceDetector(model_path, "video") as video:
+        for img in stills:
+            assert video.detect(img, 0) == []  # a stream's empty frame is not looked at twice
+            (found,) = still.detect(img)
+            framed = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            reference = still.detect(framed)[0]
+            eye_dist = float(np.linalg.norm(found.keypoints[1] - found.keypoints[0]))
+            assert found.score >= 0.5 and eye_dist > 50
+            assert np.abs(found.keypoints - (reference.keypoints - pad)).max() < 0.1 * eye_dist  # photo pixels
+            x, y, w, h = found.box
+            assert x >= 0 and y >= 0 and x + w <= img.shape[1] and y + h <= img.shape[0] and w > 0.5 * img.shape[1]
