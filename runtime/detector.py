@@ -14,8 +14,9 @@ A face that fills the picture is beyond the short-range model's range: on the wi
 about 0.87 of the side) it scores a median 0.78 and 2 of 210 fall under 0.5; zoomed in by 8% a side, 7% of them
 are lost. With a black border of a fifth of the side around the picture every one is found (median 0.88), but
 the same border loses small faces (8 faces of 150 px in 640x480: 6.1 found per frame, 2.6 with it). So a still in
-which nothing is found is looked at once more with the border (`STILL_BORDER`); a video frame is not, since every
-empty frame would pay for a second detection.
+which nothing is found is looked at once more with the border (`STILL_BORDER`). A video frame is not: every empty
+frame would pay for a second detection, and in a 4:3 frame a face as tall as the frame is still found (the same
+photos zoomed into 640x480: all found until the face is about 1.4x the frame's height).
 """
 
 from __future__ import annotations
