@@ -16,7 +16,7 @@ are lost. With a black border of a fifth of the side around the picture every on
 the same border loses small faces (8 faces of 150 px in 640x480: 6.1 found per frame, 2.6 with it). So a still in
 which nothing is found is looked at once more with the border (`STILL_BORDER`). A video frame is not: every empty
 frame would pay for a second detection, and in a 4:3 frame a face as tall as the frame is still found (the same
-photos zoomed into 640x480: all found until the face is about 1.4x the frame's height).
+photos zoomed into 640x480: all found until the face is about 1.3x the frame's height).
 """
 
 from __future__ import annotations
