@@ -83,10 +83,10 @@ def score(events: list[dict], truth: dict[str, int]) -> dict:
             }
     found = len(truth) - len(missed)
     correct = int(np.trace(confusion))
-    ci = binomtest(correct, len(truth)).proportion_ci(0.95, method="wilson") if truth else None
+    ci = binomtest(correct, len(truth)).proportion_ci(0.95, method="wilson")
     return {
         "photos": len(truth), "faces_found": found, "accuracy": round(correct / len(truth), 4),
-        "accuracy_ci95": None if ci is None else [round(float(ci.low), 4), round(float(ci.high), 4)],
+        "accuracy_ci95": [round(float(ci.low), 4), round(float(ci.high), 4)],
         "accuracy_found": round(correct / max(found, 1), 4),
         "balanced_accuracy": round(float(np.mean([c["recall"] for c in per_class.values()])), 4),
         "per_class": per_class, "confusion": confusion.tolist(), "missed": missed,
