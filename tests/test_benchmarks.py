@@ -186,3 +186,37 @@ def test_crop_margin_reports_each_setting_and_their_mean(tmp_path):
     mean = report["mean_over_settings"]
     assert mean["accuracy_all"] == pytest.approx(sum(r["accuracy_all"] for r in report["results"]) / 2)
     assert mean["nll"] == pytest.approx(sum(r["nll"] for r in report["results"]) / 2) and mean["nll"] > 0
+
+
+def test_prior_correction_is_the_identity_at_tau_0_and_evens_out_the_prior_at_tau_1():
+    from benchmarks.photo_tricks import corrected
+
+    prior = np.array([0.14, 0.015, 0.14, 0.25, 0.17, 0.11, 0.175])
+    probs = np.stack([prior, np.roll(prior, 1)])
+    assert corrected(probs, prior, 0.0) == pytest.approx(probs)
+    assert corrected(probs, prior, 1.0)[0] == pytest.approx(np.full(7, 1 / 7))  # a face that only echoes the prior
+    assert corrected(probs, prior, 0.5).sum(axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_photo_tricks_scores_the_default_checkpoint_as_crop_margin_and_evaluate_do(tmp_path):
+    from benchmarks import crop_margin, photo_tricks
+
+    out = tmp_path / "tricks.json"
+    assert photo_tricks.main(["--json", str(out)]) == 0
+    rows = next(iter(json.loads(out.read_text())["models"].values()))
+    assert set(rows) == {"crops: runtime", "crops: 3 margins", "crops: 3 centres", "crops: 3x3"} | {
+        f"prior tau {t:g}" for t in photo_tricks.PRIOR_TAUS
+    }
+    assert len(set(photo_tricks.crop_sets()["3x3"])) == 9
+    # The runtime's crop: what crop_margin measures at the same setting.
+    ref = tmp_path / "margin.json"
+    margin, center = crop_margin.DEFAULT_MARGIN, crop_margin.DEFAULT_CENTER
+    args = ["--margins", str(margin), "--centers", str(center), "--json", str(ref), "--examples", ""]
+    assert crop_margin.main(args) == 0
+    [setting] = json.loads(ref.read_text())["results"]
+    assert rows["crops: runtime"]["accuracy"] == pytest.approx(setting["accuracy_all"])
+    assert rows["crops: runtime"]["nll"] == pytest.approx(setting["nll"], abs=1e-4)
+    # PublicTest: the default's figure in models/README.md; tau 1 trades accuracy for balanced accuracy there.
+    plain, even = rows["crops: runtime"]["publictest"], rows["prior tau 1"]["publictest"]
+    assert plain["accuracy"] == pytest.approx(0.6952, abs=0.001)
+    assert even["balanced_accuracy"] > plain["balanced_accuracy"] and even["accuracy"] < plain["accuracy"]

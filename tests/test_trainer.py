@@ -20,7 +20,7 @@ from runtime.manifest import sha256_file
 from runtime.preprocess import DEFAULT_SPEC, center_crop, preprocess, standardize
 from trainer import checkpoint, data
 from trainer.config import TrainConfig, load_config
-from trainer.distill import Teacher, distill_loss, load_teacher, soften
+from trainer.distill import Ensemble, Teacher, distill_loss, load_teacher, load_teachers, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
 from trainer.train import predict_with_tta, run
@@ -285,6 +285,34 @@ def test_an_exported_model_set_teaches_as_its_checkpoint_does(small_fer, tmp_pat
         run(quick_config(small_fer, tmp_path / "s2", f"distill.teacher={tmp_path}", epochs=1))
 
 
+def test_an_ensemble_of_teachers_answers_the_mean_of_their_probabilities():
+    torch.manual_seed(0)
+    nets = [build_model("vgg", width=4, depths=[1, 1], dropout=0.0).eval() for _ in range(3)]
+    for net in nets:
+        net.head.weight.data *= 30  # spread the untrained nets' answers apart
+    x = torch.randn(5, 1, 44, 44)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(n(x), 1) for n in nets]).mean(0)
+        torch.testing.assert_close(torch.softmax(Ensemble(nets)(x), 1), mean)
+        assert not torch.allclose(mean, torch.softmax(nets[0](x), 1), atol=1e-3)
+
+
+def test_a_run_distilled_from_a_list_of_teachers_pins_the_list(small_fer, tmp_path, capsys):
+    a, b = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt"
+    run(quick_config(small_fer, a.parent, epochs=1))
+    run(quick_config(small_fer, b.parent, "seed=1", epochs=1))
+    both = f"distill.teacher=[{a},{b}]"
+    taught = run(quick_config(small_fer, tmp_path / "s", both, epochs=1))
+    assert f"distilling from {a} + {b}: it agrees" in capsys.readouterr().err and taught["history"][0]["train_kd"] > 0
+    pinned = checkpoint.load(tmp_path / "s" / "best.pt")["teacher_sha256"]
+    _, one = load_teachers(str(a), DEFAULT_SPEC)
+    _, swapped = load_teachers([str(b), str(a)], DEFAULT_SPEC)
+    assert one == sha256_file(a) and len({pinned, one, swapped}) == 3  # the list, in its order, is the teacher
+    b.write_bytes(a.read_bytes())  # one member of the ensemble changed: --resume refuses to go on
+    with pytest.raises(UserError, match="not the checkpoint this run started with"):
+        run(quick_config(small_fer, tmp_path / "s", both, epochs=2), resume=True)
+
+
 def test_distilled_run_learns_from_a_teacher_checkpoint(small_fer, tmp_path, capsys):
     run(quick_config(small_fer, tmp_path / "teacher", epochs=1))
     teacher = str(tmp_path / "teacher" / "best.pt")
@@ -451,6 +479,7 @@ def test_evaluate_command_writes_json_and_plot(small_fer, tmp_path):
         (["--set", "optimiser=sgd"], "error: config key optimiser"),
         (["--set", "model.width=0"], "error: config key model.width"),
         (["--set", "input_blur=auto"], "error: config key input_blur"),
+        (["--set", "distill.teacher=[]"], "error: config key distill.teacher: Value error, an empty list"),
         (["--resume", "--out", "/tmp/emotiond-no-such-run"], "error: checkpoint not found"),
     ],
 )
@@ -470,5 +499,6 @@ def test_every_committed_recipe_validates_and_names_files_the_repository_has(rec
     repo = recipe.parents[2]
     cfg = load_config(recipe)
     assert Path(cfg.out).parts[0] == "models", f"{recipe.name}: runs belong under models/, not {cfg.out}"
-    for what, path in (("distill.teacher", cfg.distill.teacher), ("init", cfg.init)):
+    teachers = [cfg.distill.teacher] if isinstance(cfg.distill.teacher, str) else cfg.distill.teacher or []
+    for what, path in [("distill.teacher", t) for t in teachers] + [("init", cfg.init)]:
         assert path is None or (repo / path).exists(), f"{recipe.name}: {what} {path} is not in the repository"

@@ -53,13 +53,21 @@ class AugmentConfig(Strict):
 
 
 class DistillConfig(Strict):
-    teacher: str | None = Field(
+    teacher: str | list[str] | None = Field(
         None,
-        description="checkpoint (.pt) or exported model set whose soft labels the model also learns from; null = off",
+        description="checkpoint (.pt) or exported model set whose soft labels the model also learns from; a list: "
+        "an ensemble, the mean of their probabilities; null = off",
     )
     weight: float = Field(0.5, ge=0, le=1, description="share of the loss that follows the teacher")
     temperature: float = Field(2.0, gt=0, le=20, description="softens teacher and student distributions")
     online: bool = Field(False, description="the teacher labels every augmented batch (slower) instead of once")
+
+    @field_validator("teacher")
+    @classmethod
+    def _some_teacher(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and not v:
+            raise ValueError("an empty list teaches nothing: give one or more teachers, or null for none")
+        return v
 
 
 class TrainConfig(Strict):

@@ -24,12 +24,11 @@ from tqdm import tqdm
 
 from runtime.errors import UserError
 from runtime.labels import LABELS
-from runtime.manifest import sha256_file
 from runtime.preprocess import DEFAULT_SPEC, center_crop, preprocess, standardize
 from trainer import checkpoint, data
 from trainer.augment import augment_batch, cutmix, mixed_loss
 from trainer.config import DEFAULT_CONFIG, LEGACY_KEYS, TrainConfig, load_config
-from trainer.distill import Teacher, load_teacher, soften
+from trainer.distill import Teacher, load_teachers, soften
 from trainer.metrics import confusion_matrix, summarize
 from trainer.models import build_model
 from trainer.sharpness import compare_splits
@@ -176,19 +175,19 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     val_inputs = preprocess(val.images, spec)
     teacher, teacher_sha256 = None, None
     if cfg.distill.teacher:
-        teacher_model, identity = load_teacher(cfg.distill.teacher, spec, torch.get_num_threads())
-        teacher_sha256 = sha256_file(identity)
+        teacher_model, teacher_sha256 = load_teachers(cfg.distill.teacher, spec, torch.get_num_threads())
+        named = cfg.distill.teacher if isinstance(cfg.distill.teacher, str) else " + ".join(cfg.distill.teacher)
         if state is not None and state.get("teacher_sha256") != teacher_sha256:
             raise UserError(f"distill.teacher {cfg.distill.teacher} is not the checkpoint this run started with")
         if cfg.distill.online:
             teacher = Teacher(cfg.distill.temperature, model=teacher_model.to(memory_format=torch.channels_last))
-            print(f"distilling from {cfg.distill.teacher}, online: it labels every augmented batch", file=sys.stderr)
+            print(f"distilling from {named}, online: it labels every augmented batch", file=sys.stderr)
         else:
             probs = predict_with_tta(teacher_model, center_crop(images[:, 0].numpy(), spec), tta_flip=True)
             teacher = Teacher(cfg.distill.temperature, fixed=soften(torch.from_numpy(probs), cfg.distill.temperature))
             agree = float((probs.argmax(1) == train.labels).mean())
             print(
-                f"distilling from {cfg.distill.teacher}: it agrees with {agree:.3f} of the Training labels",
+                f"distilling from {named}: it agrees with {agree:.3f} of the Training labels",
                 file=sys.stderr,
             )
 
