@@ -61,7 +61,7 @@ def detect_all(images: list[np.ndarray], detector_model: str | None, min_confide
 
 
 def evaluate(model, spec, tta_flip: bool, grays, found, labels, cropper: FaceCropper, fer_mean: np.ndarray) -> dict:
-    from trainer.metrics import confusion_matrix, summarize
+    from trainer.metrics import confusion_matrix, log_loss, summarize
     from trainer.train import predict_with_tta
 
     keep = [i for i, d in enumerate(found) if d is not None]
@@ -80,7 +80,7 @@ def evaluate(model, spec, tta_flip: bool, grays, found, labels, cropper: FaceCro
         "balanced_accuracy": s["balanced_accuracy"],
         "macro_f1": s["macro_f1"],
         # Mean -log p(true label): uses the whole probability, so it moves smoothly where accuracy jumps by photos.
-        "nll": float(-np.log(np.maximum(probs[np.arange(len(keep)), labels[keep]], 1e-7)).mean()),
+        "nll": log_loss(probs, labels[keep]),
         "mean_face_corr": float(np.corrcoef(mean_crop.ravel(), fer_mean.ravel())[0, 1]),
         "per_class_recall": {k: v for k, v in s["per_class_recall"].items() if v is not None},
         "_crops": crops,

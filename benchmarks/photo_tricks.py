@@ -44,13 +44,13 @@ def crop_sets() -> dict[str, list[tuple[float, float]]]:
 
 def scores(probs: np.ndarray, labels: np.ndarray, total: int) -> dict:
     """Accuracy over `total` photos (faces not found are wrong), balanced accuracy and log-loss over those found."""
-    from trainer.metrics import confusion_matrix, summarize
+    from trainer.metrics import confusion_matrix, log_loss, summarize
 
     s = summarize(confusion_matrix(labels, probs.argmax(1)))
     return {
         "accuracy": float((probs.argmax(1) == labels).sum() / total),
         "balanced_accuracy": s["balanced_accuracy"],
-        "nll": float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7)).mean()),
+        "nll": log_loss(probs, labels),
         "per_class_recall": {k: round(v, 3) for k, v in s["per_class_recall"].items() if v is not None},
     }
 
@@ -78,7 +78,8 @@ def measure(paths: list[str], wild: Path, fer_zip: Path, detector_model: str | N
     found, _ = detect_all(images, detector_model, 0.5)
     keep = [i for i, d in enumerate(found) if d is not None]
     grays = {i: to_gray(images[i]) for i in keep}
-    sets = crop_sets()
+    sets, truth = crop_sets(), labels[keep]
+    runtime = sets["runtime"][0]
     crops = {
         mc: np.concatenate([FaceCropper(mc[0], center=mc[1]).crop(grays[i], [found[i]]) for i in keep])
         for mc in {mc for s in sets.values() for mc in s}
@@ -90,18 +91,18 @@ def measure(paths: list[str], wild: Path, fer_zip: Path, detector_model: str | N
         tta = bool(ckpt.get("tta_flip", False))
         photo = {mc: predict_with_tta(model, preprocess(c, spec), tta) for mc, c in crops.items()}
         pub = predict_with_tta(model, preprocess(public.images, spec), tta)
-        runtime_probs.append(photo[sets["runtime"][0]])
+        runtime_probs.append(photo[runtime])
         public_probs.append(pub)
-        rows = {f"crops: {name}": scores(np.mean([photo[mc] for mc in s], 0), labels[keep], len(labels))
+        rows = {f"crops: {name}": scores(np.mean([photo[mc] for mc in s], 0), truth, len(labels))
                 for name, s in sets.items()}  # fmt: skip
         for tau in PRIOR_TAUS:
-            row = scores(corrected(photo[sets["runtime"][0]], prior, tau), labels[keep], len(labels))
+            row = scores(corrected(photo[runtime], prior, tau), truth, len(labels))
             row["publictest"] = scores(corrected(pub, prior, tau), public.labels, len(public.labels))
             rows[f"prior tau {tau:g}"] = row
         rows["crops: runtime"]["publictest"] = scores(pub, public.labels, len(public.labels))
         report[path] = rows
     if len(paths) > 1:
-        ensemble = scores(np.mean(runtime_probs, 0), labels[keep], len(labels))
+        ensemble = scores(np.mean(runtime_probs, 0), truth, len(labels))
         ensemble["publictest"] = scores(np.mean(public_probs, 0), public.labels, len(public.labels))
         report["ensemble of all"] = {"crops: runtime": ensemble}
     return {"photos": len(labels), "faces_found": len(keep), "prior": prior.round(4).tolist(), "models": report}

@@ -11,6 +11,11 @@ def confusion_matrix(labels: np.ndarray, preds: np.ndarray, n: int = NUM_CLASSES
     return np.bincount(np.asarray(labels) * n + np.asarray(preds), minlength=n * n).reshape(n, n)
 
 
+def log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean -log p(true label), p floored at 1e-7: unlike accuracy it moves smoothly as a model changes."""
+    return float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-7)).mean())
+
+
 def summarize(confusion: np.ndarray) -> dict:
     """accuracy, balanced accuracy (mean recall over classes present), macro-F1, and per class: precision, recall,
     F1 and support (true faces). A class with no true faces has no recall and no F1 (None, and it is left out of
