@@ -305,7 +305,7 @@ def test_a_run_distilled_from_a_list_of_teachers_pins_the_list(small_fer, tmp_pa
     taught = run(quick_config(small_fer, tmp_path / "s", both, epochs=1))
     assert f"distilling from {a} + {b}: it agrees" in capsys.readouterr().err and taught["history"][0]["train_kd"] > 0
     pinned = checkpoint.load(tmp_path / "s" / "best.pt")["teacher_sha256"]
-    _, one = load_teachers(str(a), DEFAULT_SPEC)
+    _, one = load_teachers([str(a)], DEFAULT_SPEC)
     _, swapped = load_teachers([str(b), str(a)], DEFAULT_SPEC)
     assert one == sha256_file(a) and len({pinned, one, swapped}) == 3  # the list, in its order, is the teacher
     b.write_bytes(a.read_bytes())  # one member of the ensemble changed: --resume refuses to go on
@@ -499,6 +499,5 @@ def test_every_committed_recipe_validates_and_names_files_the_repository_has(rec
     repo = recipe.parents[2]
     cfg = load_config(recipe)
     assert Path(cfg.out).parts[0] == "models", f"{recipe.name}: runs belong under models/, not {cfg.out}"
-    teachers = [cfg.distill.teacher] if isinstance(cfg.distill.teacher, str) else cfg.distill.teacher or []
-    for what, path in [("distill.teacher", t) for t in teachers] + [("init", cfg.init)]:
+    for what, path in [("distill.teacher", t) for t in cfg.distill.teachers] + [("init", cfg.init)]:
         assert path is None or (repo / path).exists(), f"{recipe.name}: {what} {path} is not in the repository"

@@ -69,6 +69,11 @@ class DistillConfig(Strict):
             raise ValueError("an empty list teaches nothing: give one or more teachers, or null for none")
         return v
 
+    @property
+    def teachers(self) -> list[str]:
+        """`teacher` as a list: empty without one."""
+        return [] if self.teacher is None else [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+
 
 class TrainConfig(Strict):
     data: str = Field("../shared/datasets/fer2013/fer2013.zip", description="dataset in any layout trainer.data reads")

@@ -45,11 +45,11 @@ def load_teacher(path: str | Path, spec: PreprocessSpec, threads: int = 1) -> tu
     return model.eval(), identity
 
 
-def load_teachers(teachers: str | list[str], spec: PreprocessSpec, threads: int = 1) -> tuple[torch.nn.Module, str]:
-    """`distill.teacher` as one module and the SHA-256 that pins it on --resume. One teacher: its file's hash. Several:
+def load_teachers(teachers: list[str], spec: PreprocessSpec, threads: int = 1) -> tuple[torch.nn.Module, str]:
+    """`distill.teachers` as one module and the SHA-256 that pins it on --resume. One teacher: its file's hash. Several:
     an ensemble of them (the mean of their probabilities), pinned by the hash of their hashes in order."""
-    if isinstance(teachers, str):
-        model, identity = load_teacher(teachers, spec, threads)
+    if len(teachers) == 1:
+        model, identity = load_teacher(teachers[0], spec, threads)
         return model, sha256_file(identity)
     loaded = [load_teacher(t, spec, threads) for t in teachers]
     digests = "".join(f"{sha256_file(identity)}  {t}\n" for t, (_, identity) in zip(teachers, loaded, strict=True))

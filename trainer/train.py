@@ -174,11 +174,11 @@ def run(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -
     labels = torch.from_numpy(train.labels)
     val_inputs = preprocess(val.images, spec)
     teacher, teacher_sha256 = None, None
-    if cfg.distill.teacher:
-        teacher_model, teacher_sha256 = load_teachers(cfg.distill.teacher, spec, torch.get_num_threads())
-        named = cfg.distill.teacher if isinstance(cfg.distill.teacher, str) else " + ".join(cfg.distill.teacher)
+    if cfg.distill.teachers:
+        teacher_model, teacher_sha256 = load_teachers(cfg.distill.teachers, spec, torch.get_num_threads())
+        named = " + ".join(cfg.distill.teachers)
         if state is not None and state.get("teacher_sha256") != teacher_sha256:
-            raise UserError(f"distill.teacher {cfg.distill.teacher} is not the checkpoint this run started with")
+            raise UserError(f"distill.teacher {named} is not the checkpoint this run started with")
         if cfg.distill.online:
             teacher = Teacher(cfg.distill.temperature, model=teacher_model.to(memory_format=torch.channels_last))
             print(f"distilling from {named}, online: it labels every augmented batch", file=sys.stderr)
