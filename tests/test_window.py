@@ -12,6 +12,7 @@ import ctypes
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import struct
@@ -63,33 +64,25 @@ class Display:
         return np.ascontiguousarray(pixels[..., :3] if byte_order == 0 else pixels[..., 3:0:-1])  # BGRX or XRGB
 
 
-def _free_display_number() -> int:
-    for n in range(90, 400):
-        if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists():
-            return n
-    raise RuntimeError("no free X display number")
-
-
 @contextlib.contextmanager
 def xvfb(fbdir: Path) -> Iterator[tuple[subprocess.Popen, Display]]:
-    """A private Xvfb (1280x720, no window manager) and its display; another test run may take a number between
-    our look and Xvfb's start, so a few numbers are tried."""
-    for _ in range(5):
-        n = _free_display_number()
-        fbdir.mkdir(parents=True, exist_ok=True)
-        cmd = [XVFB, f":{n}", "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-fbdir", str(fbdir)]
-        server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while server.poll() is None and time.monotonic() < deadline:
-            if Path(f"/tmp/.X11-unix/X{n}").exists() and (fbdir / "Xvfb_screen0").exists():
-                break
-            time.sleep(0.05)
-        if server.poll() is None and Path(f"/tmp/.X11-unix/X{n}").exists():
-            break
+    """A private Xvfb (1280x720, no window manager) and its display. Xvfb picks a free display number itself and
+    writes it to a pipe once it accepts connections (-displayfd): a number guessed from /tmp's lock files can be
+    taken by another X server between the look and the start, and then the test talks to a server that goes away."""
+    fbdir.mkdir(parents=True, exist_ok=True)
+    read_end, write_end = os.pipe()
+    cmd = [XVFB, "-displayfd", str(write_end), "-screen", "0", "1280x720x24", "-nolisten", "tcp", "-fbdir", str(fbdir)]
+    log = fbdir / "Xvfb.log"
+    with log.open("wb") as err:
+        server = subprocess.Popen(cmd, pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=err)
+    os.close(write_end)
+    with os.fdopen(read_end) as ready:
+        answered, _, _ = select.select([ready], [], [], 10)
+        n = ready.readline().strip() if answered else ""
+    if not n.isdigit():
         server.kill()
         server.wait()
-    else:
-        pytest.fail("Xvfb did not start")
+        pytest.fail(f"Xvfb did not start: {log.read_text(errors='replace').strip()[-500:]}")
     try:
         yield server, Display(f":{n}", fbdir / "Xvfb_screen0")
     finally:
@@ -372,6 +365,9 @@ def test_the_window_never_outlives_the_daemon(daemon, display):
         while any(map(_alive, children)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not any(map(_alive, children)), "the window's process ended with the daemon"
+        # the X server destroys a client's windows once it has read the closed connection: soon, not at once
+        while xdotool(display, "search", "--name", "^emotiond: ") and time.monotonic() < deadline + 2:
+            time.sleep(0.05)
         assert not xdotool(display, "search", "--name", "^emotiond: "), "and its window is gone"
     finally:
         for child in filter(_alive, children):
@@ -436,7 +432,10 @@ def test_no_display_is_one_line(emotiond, test_video, more):
 
 
 def test_a_display_without_a_server_is_one_line_not_an_abort(emotiond, test_video):
-    name = f":{_free_display_number()}"
+    unused = (
+        n for n in range(90, 400) if not Path(f"/tmp/.X{n}-lock").exists() and not Path(f"/tmp/.X11-unix/X{n}").exists()
+    )
+    name = f":{next(unused)}"
     env = {k: v for k, v in os.environ.items() if k != "WAYLAND_DISPLAY"}
     _assert_one_line_error(_run_without(emotiond, test_video, {**env, "DISPLAY": name}), repr(name))
 
