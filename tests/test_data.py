@@ -56,6 +56,8 @@ def test_zip_reads_canonical_fer2013_counts():
     assert train.class_counts() == CANONICAL_TRAIN
     assert faces.images.shape[1:] == (48, 48) and faces.images.dtype == np.uint8
     assert faces.skipped == 0
+    # the PublicTest faces that are pixel for pixel Training faces, which trainer.evaluate scores apart
+    assert faces.split("PublicTest").seen_in(train).sum() == 280
 
 
 def test_folder_and_zip_give_the_same_faces(tmp_path, fer_names):

@@ -10,6 +10,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from trainer.models import build_model
 from trainer.train import predict_with_tta, run
 
 FER_ZIP = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "fer2013" / "fer2013.zip"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "default" / "best.pt"
 
 
 @pytest.fixture(scope="module")
@@ -422,6 +424,34 @@ def test_metrics_match_a_hand_computed_confusion_matrix():
     assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
     # F1: angry P=2/3 R=2/3 -> 2/3; happy P=2/3 R=1 -> 0.8; sad 0
     assert m["macro_f1"] == pytest.approx((2 / 3 + 0.8 + 0) / 3)
+
+
+def test_evaluate_scores_the_publictest_faces_also_in_training_apart(small_fer, tmp_path):
+    """Three Training images copied into PublicTest are counted as seen, and the two accuracies add up."""
+    data_dir = tmp_path / "fer"
+    shutil.copytree(small_fer, data_dir)
+    copies = sorted((data_dir / "train" / "happy").iterdir())[:3]
+    for i, src in enumerate(copies):
+        shutil.copy(src, data_dir / "test" / "happy" / f"PublicTest_copy{i}.jpg")
+    train = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).tobytes() for p in data_dir.glob("train/*/*.jpg")]
+    test = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).tobytes() for p in data_dir.glob("test/*/*.jpg")]
+    expected_seen = sum(face in set(train) for face in test)
+    assert expected_seen >= 3
+    out_json = tmp_path / "eval.json"
+    command = [sys.executable, "-m", "trainer.evaluate", "--model", str(DEFAULT_CHECKPOINT), "--data", str(data_dir)]
+    proc = subprocess.run(
+        [*command, "--json", str(out_json)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out_json.read_text())
+    seen = result["seen_in_training"]
+    assert result["n"] == 73 and seen["n"] == expected_seen
+    assert seen["n"] * seen["accuracy"] + (73 - seen["n"]) * seen["accuracy_unseen"] == pytest.approx(
+        73 * result["accuracy"]
+    )
+    assert f"{seen['n']} faces, accuracy {seen['accuracy']:.4f}" in proc.stdout
 
 
 def test_evaluate_command_writes_json_and_plot(small_fer, tmp_path):

@@ -86,6 +86,15 @@ def format_table(result: dict) -> str:
         f"{'accuracy':<22}{result['accuracy']:.4f}",
         f"{'balanced accuracy':<22}{result['balanced_accuracy']:.4f}",
         f"{'macro F1':<22}{result['macro_f1']:.4f}",
+    ]
+    seen = result.get("seen_in_training")
+    if seen and seen["n"]:
+        unseen = f"{seen['accuracy_unseen']:.4f}" if seen["accuracy_unseen"] is not None else "-"
+        lines.append(
+            f"{'also in Training':<22}{seen['n']} faces, accuracy {seen['accuracy']:.4f}; "
+            f"the other {result['n'] - seen['n']}: {unseen}"
+        )
+    lines += [
         "per class:",
         f"  {'class':<12}{'precision':>10}{'recall':>10}{'F1':>10}{'support':>10}",
     ]
@@ -163,6 +172,14 @@ def evaluate(args: argparse.Namespace) -> dict:
         probs, info = predict_exported(model_path, subset.images, args.tta, args.backend, args.precision, args.threads)
     result = summarize(confusion_matrix(subset.labels, probs.argmax(1)))
     result.update({"split": split, "data": str(args.data), "skipped_images": faces.skipped, **info})
+    if split not in ("Training", "all") and "Training" in faces.available_splits():
+        seen = subset.seen_in(faces.split("Training"))
+        correct = probs.argmax(1) == subset.labels
+        result["seen_in_training"] = {
+            "n": int(seen.sum()),
+            "accuracy": float(correct[seen].mean()) if seen.any() else None,
+            "accuracy_unseen": float(correct[~seen].mean()) if (~seen).any() else None,
+        }
     return result
 
 
