@@ -275,14 +275,21 @@ def test_an_exported_model_set_teaches_as_its_checkpoint_does(small_fer, tmp_pat
     shipped = Path("runtime/models/default")
     exported, identity = load_teacher(shipped / "model.int8.xml", DEFAULT_SPEC, threads=2)
     original, _ = load_teacher("models/default/best.pt", DEFAULT_SPEC)
-    assert identity == shipped / "manifest.json"
+    # pinned by its variant's files: a copy whose manifest says it was made later is the same teacher (a run goes on
+    # with a teacher exported again), the FP32 variant of the set another
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "created_at": "2030-01-01T00:00:00+00:00"}))
+    assert load_teacher(copy / "model.int8.xml", DEFAULT_SPEC)[1] == identity
+    assert load_teacher(shipped / "model.xml", DEFAULT_SPEC)[1] != identity
     faces = preprocess(data.load(small_fer).split("PublicTest").images[:200], DEFAULT_SPEC)
     p_exported, p_original = predict_with_tta(exported, faces, True), predict_with_tta(original, faces, True)
     assert (p_exported.argmax(1) == p_original.argmax(1)).mean() >= 0.95
     assert np.abs(p_exported - p_original).max() < 0.2
     taught = run(quick_config(small_fer, tmp_path / "s", f"distill.teacher={shipped}", "distill.online=true", epochs=1))
     assert "online" in capsys.readouterr().err and taught["history"][0]["train_kd"] > 0
-    assert checkpoint.load(tmp_path / "s" / "best.pt")["teacher_sha256"] == sha256_file(shipped / "manifest.json")
+    assert checkpoint.load(tmp_path / "s" / "best.pt")["teacher_sha256"] == load_teacher(shipped, DEFAULT_SPEC)[1]
     with pytest.raises(UserError, match=r"distill\.teacher: .*manifest"):
         run(quick_config(small_fer, tmp_path / "s2", f"distill.teacher={tmp_path}", epochs=1))
 

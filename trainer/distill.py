@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 
 import torch
@@ -27,15 +28,16 @@ from trainer import checkpoint
 from trainer.augment import mixed_loss
 
 
-def load_teacher(path: str | Path, spec: PreprocessSpec, threads: int = 1) -> tuple[torch.nn.Module, Path]:
-    """The teacher (eval mode) and the file that identifies it: a PyTorch checkpoint, or an exported model set
-    (its folder, manifest.json or one of its model files; run by the runtime's backend, INT8 unless a file names
-    another variant: several times faster than PyTorch, which matters when it labels every batch)."""
+def load_teacher(path: str | Path, spec: PreprocessSpec, threads: int = 1) -> tuple[torch.nn.Module, str]:
+    """The teacher (eval mode) and the SHA-256 that pins it on --resume: a PyTorch checkpoint (its file's hash), or
+    an exported model set (its folder, manifest.json or one of its model files; run by the runtime's backend, INT8
+    unless a file names another variant: several times faster than PyTorch, which matters when it labels every
+    batch; pinned by the variant's files, so that exporting the same checkpoint again is the same teacher)."""
     path = Path(path)
     try:
         if path.suffix == ".pt":
             model, teacher_spec = checkpoint.build(checkpoint.load(path), path)
-            identity = path
+            identity = sha256_file(path)
         else:
             model, teacher_spec, identity = _exported(path, threads)
     except UserError as e:
@@ -46,13 +48,12 @@ def load_teacher(path: str | Path, spec: PreprocessSpec, threads: int = 1) -> tu
 
 
 def load_teachers(teachers: list[str], spec: PreprocessSpec, threads: int = 1) -> tuple[torch.nn.Module, str]:
-    """`distill.teachers` as one module and the SHA-256 that pins it on --resume. One teacher: its file's hash. Several:
-    an ensemble of them (the mean of their probabilities), pinned by the hash of their hashes in order."""
+    """`distill.teachers` as one module and the SHA-256 that pins it on --resume. One teacher: its own. Several: an
+    ensemble of them (the mean of their probabilities), pinned by the hash of their hashes in order."""
     if len(teachers) == 1:
-        model, identity = load_teacher(teachers[0], spec, threads)
-        return model, sha256_file(identity)
+        return load_teacher(teachers[0], spec, threads)
     loaded = [load_teacher(t, spec, threads) for t in teachers]
-    digests = "".join(f"{sha256_file(identity)}  {t}\n" for t, (_, identity) in zip(teachers, loaded, strict=True))
+    digests = "".join(f"{identity}  {t}\n" for t, (_, identity) in zip(teachers, loaded, strict=True))
     return Ensemble([m for m, _ in loaded]).eval(), hashlib.sha256(digests.encode()).hexdigest()
 
 
@@ -81,14 +82,15 @@ class ExportedModel(torch.nn.Module):
         return torch.from_numpy(self.classifier.logits(x.detach().float().contiguous().numpy()))
 
 
-def _exported(path: Path, threads: int) -> tuple[torch.nn.Module, PreprocessSpec, Path]:
+def _exported(path: Path, threads: int) -> tuple[torch.nn.Module, PreprocessSpec, str]:
     from runtime.classifier import load_classifier
-    from runtime.manifest import manifest_path
     from trainer.evaluate import exported_variant
 
     backend, precision = exported_variant(path, None, None)
     clf = load_classifier(path, backend=backend, precision=precision, threads=threads)
-    return ExportedModel(clf), clf.spec, manifest_path(path)  # the manifest pins every file by its SHA-256
+    variant = clf.manifest.variants[clf.variant_name]  # its files' SHA-256, checked as they were loaded
+    pinned = json.dumps({"backend": backend, "precision": precision, "files": variant.files}, sort_keys=True)
+    return ExportedModel(clf), clf.spec, hashlib.sha256(pinned.encode()).hexdigest()
 
 
 def soften(probs: torch.Tensor, temperature: float) -> torch.Tensor:
