@@ -440,9 +440,9 @@ def test_evaluate_scores_the_publictest_faces_also_in_training_apart(small_fer, 
     copies = sorted((data_dir / "train" / "happy").iterdir())[:3]
     for i, src in enumerate(copies):
         shutil.copy(src, data_dir / "test" / "happy" / f"PublicTest_copy{i}.jpg")
-    train = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).tobytes() for p in data_dir.glob("train/*/*.jpg")]
+    train = {cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).tobytes() for p in data_dir.glob("train/*/*.jpg")}
     test = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).tobytes() for p in data_dir.glob("test/*/*.jpg")]
-    expected_seen = sum(face in set(train) for face in test)
+    expected_seen = sum(face in train for face in test)
     assert expected_seen >= 3
     out_json = tmp_path / "eval.json"
     command = [sys.executable, "-m", "trainer.evaluate", "--model", str(DEFAULT_CHECKPOINT), "--data", str(data_dir)]

@@ -61,8 +61,12 @@ class FaceSet:
     def seen_in(self, other: FaceSet) -> np.ndarray:
         """Which faces are pixel-identical to a face of `other`. FER2013's PublicTest holds 280 faces that are also
         Training faces (../shared/datasets/README.md): a model can score those by memory, so they are reported apart."""
-        seen = {hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in other.images}
-        return np.array([hashlib.blake2b(im.tobytes(), digest_size=16).digest() in seen for im in self.images], bool)
+
+        def key(im: np.ndarray) -> bytes:
+            return hashlib.blake2b(im.tobytes(), digest_size=16).digest()
+
+        seen = {key(im) for im in other.images}
+        return np.array([key(im) in seen for im in self.images], bool)
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(LABELS))
